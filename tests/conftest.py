@@ -1,0 +1,198 @@
+"""Shared fixtures: the real server on a loopback port, the real voice, a Wyoming client."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pytest
+from wyoming.audio import AudioChunk, AudioStart, AudioStop
+from wyoming.client import AsyncTcpClient
+from wyoming.error import Error
+from wyoming.event import Event
+
+from wyoming_tts.config import bundled_voice_dir
+
+VOICE = "en_US-joe-medium"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture(scope="session")
+def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One split-graph cache for the whole run: splitting once is enough."""
+    return tmp_path_factory.mktemp("cache")
+
+
+def link_voice(data_dir: Path, name: str, source: str = VOICE) -> None:
+    """A 'new' voice that is the bundled one under another name."""
+    src = bundled_voice_dir()
+    data_dir.mkdir(parents=True, exist_ok=True)
+    os.symlink(src / f"{source}.onnx", data_dir / f"{name}.onnx")
+    shutil.copy(src / f"{source}.onnx.json", data_dir / f"{name}.onnx.json")
+
+
+@dataclass
+class Response:
+    """What a listener gets back from one request."""
+
+    events: list[Event] = field(default_factory=list)
+
+    @property
+    def types(self) -> list[str]:
+        return [e.type for e in self.events]
+
+    @property
+    def start(self) -> AudioStart:
+        return AudioStart.from_event(next(e for e in self.events if AudioStart.is_type(e.type)))
+
+    @property
+    def chunks(self) -> list[AudioChunk]:
+        return [AudioChunk.from_event(e) for e in self.events if AudioChunk.is_type(e.type)]
+
+    @property
+    def audio(self) -> np.ndarray:
+        return np.frombuffer(b"".join(c.audio for c in self.chunks), dtype="<i2")
+
+    @property
+    def seconds(self) -> float:
+        return len(self.audio) / self.start.rate
+
+    @property
+    def error(self) -> Error | None:
+        for e in self.events:
+            if Error.is_type(e.type):
+                return Error.from_event(e)
+        return None
+
+
+def rms_dbfs(samples: np.ndarray) -> float:
+    if samples.size == 0:
+        return -120.0
+    rms = float(np.sqrt(np.mean((samples.astype(np.float64) / 32768.0) ** 2)))
+    return 20 * np.log10(max(rms, 1e-6))
+
+
+async def read_until(
+    client: AsyncTcpClient, last: tuple[str, ...] = (AudioStop.__name__,), timeout: float = 60.0
+) -> Response:
+    """Read events until one whose type ends the response (audio-stop, error, ...)."""
+    wanted = {_type_name(t) for t in last}
+    resp = Response()
+    async with asyncio.timeout(timeout):
+        while True:
+            event = await client.read_event()
+            if event is None:
+                break
+            resp.events.append(event)
+            if event.type in wanted:
+                break
+    return resp
+
+
+def _type_name(name: str) -> str:
+    return {
+        "AudioStop": "audio-stop",
+        "Error": "error",
+        "SynthesizeStopped": "synthesize-stopped",
+        "Info": "info",
+    }.get(name, name)
+
+
+class ServerProcess:
+    """The real server as a subprocess, as a user starts it."""
+
+    def __init__(self, args: list[str], env: dict[str, str] | None = None) -> None:
+        self.port = free_port()
+        self.uri = f"tcp://127.0.0.1:{self.port}"
+        self.args = args
+        self.env = env
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.log_path: Path | None = None
+
+    def start(self, log_path: Path, timeout: float = 120.0) -> None:
+        self.log_path = log_path
+        env = {**os.environ, **(self.env or {})}
+        env.setdefault("PYTHONUNBUFFERED", "1")
+        with log_path.open("wb") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "wyoming_tts", "--uri", self.uri, *self.args],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=env,
+            )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"server exited early:\n{self.log()}")
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", self.port), 0.2):
+                return
+            time.sleep(0.1)
+        raise RuntimeError(f"server did not start:\n{self.log()}")
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path else ""
+
+    def stop(self) -> int:
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        return int(self.proc.returncode)
+
+
+@pytest.fixture(scope="session")
+def server_data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A data dir with a second (multi-name) voice beside the bundled one."""
+    data = tmp_path_factory.mktemp("data")
+    link_voice(data, "en_US-second-medium")
+    return data
+
+
+@pytest.fixture(scope="session")
+def server(
+    tmp_path_factory: pytest.TempPathFactory, cache_dir: Path, server_data_dir: Path
+) -> Iterator[ServerProcess]:
+    """One shared server for tests that do not change its state."""
+    srv = ServerProcess(
+        [
+            "--data-dir",
+            str(server_data_dir),
+            "--cache-dir",
+            str(cache_dir),
+            "--keep-alive-interval",
+            "0",
+        ]
+    )
+    srv.start(tmp_path_factory.mktemp("logs") / "server.log")
+    yield srv
+    srv.stop()
+
+
+@contextlib.asynccontextmanager
+async def connect(uri: str) -> AsyncIterator[AsyncTcpClient]:
+    host, port = uri.removeprefix("tcp://").rsplit(":", 1)
+    client = AsyncTcpClient(host, int(port))
+    await client.connect()
+    try:
+        yield client
+    finally:
+        await client.disconnect()

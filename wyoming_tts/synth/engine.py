@@ -1,0 +1,185 @@
+"""Sentences in, audio events out, as soon as each piece of audio exists.
+
+Per utterance the frontend (text encoder, durations, noise) runs once; the
+decoder then runs over the frames in chunks. The first chunk of a response is
+small so audio leaves at once; each later chunk is sized by how far the audio
+already produced is ahead of real-time playback, so later chunks (and later
+sentences) are decoded in large pieces and the total compute stays close to an
+unchunked decode. The next utterance's frontend runs while this one decodes.
+
+Backpressure: every chunk is written (and drained) before the next is
+computed, and the connection's write buffer is capped at `max_ahead_seconds`
+of audio, so a slow reader slows synthesis instead of growing memory.
+Cancellation: cancelling the task stops at the next step; at most one
+in-flight step (a bounded chunk) finishes on its thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+
+from wyoming.event import Event
+
+from ..audio import AudioFramer, fade_out, silence, to_pcm16
+from ..voices.loaded import LoadedVoice, SynthParams
+from .scheduler import Scheduler
+from .vits import Latent
+
+#: Starting guess of decoder seconds per frame, replaced by measurement after each call.
+INITIAL_FRAME_COST = 0.0008
+#: Share of the audio already ahead of playback that the next chunk may take to compute.
+SAFETY = 0.5
+
+EventSink = Callable[[Event], Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    first_chunk_frames: int
+    max_chunk_frames: int
+    sentence_silence: float
+    samples_per_chunk: int
+    max_utterance_ids: int
+    margin_frames: int = 32
+
+
+@dataclass
+class SpeechStats:
+    """What one response cost; logged once per request."""
+
+    characters: int = 0
+    utterances: int = 0
+    first_audio_seconds: float | None = None
+    total_seconds: float = 0.0
+    audio_seconds: float = 0.0
+    decoder_calls: int = 0
+
+    @property
+    def real_time_factor(self) -> float:
+        return self.total_seconds / self.audio_seconds if self.audio_seconds else 0.0
+
+
+@dataclass
+class _Utterance:
+    latent: Latent
+    starts_sentence: bool
+
+
+class Synthesizer:
+    """Stateless apart from its config; one per server, shared by all connections."""
+
+    def __init__(self, config: EngineConfig, scheduler: Scheduler) -> None:
+        self.config = config
+        self._scheduler = scheduler
+
+    async def speak(
+        self,
+        voice: LoadedVoice,
+        params: SynthParams,
+        sentences: AsyncIterator[str],
+        framer: AudioFramer,
+        send: EventSink,
+        stats: SpeechStats,
+    ) -> None:
+        """Speak every sentence from `sentences` into `send`, starting audio lazily.
+
+        `framer.start()` (the response's one `audio-start`) is sent just before
+        the first audio, so a request that turns out to have nothing to say can
+        still be answered with an error instead.
+        """
+        started = time.perf_counter()
+        frame_cost = INITIAL_FRAME_COST
+        first_audio_at: float | None = None
+        produced_seconds = 0.0
+        first_sentence = True
+        utterances = self._utterances(voice, params, sentences, stats)
+        pending: asyncio.Task[_Utterance | None] = asyncio.create_task(_next(utterances))
+        try:
+            while True:
+                current = await pending
+                if current is None:
+                    break
+                # Next utterance's phonemes + frontend run while this one decodes.
+                pending = asyncio.create_task(_next(utterances))
+                latent = current.latent
+                pcm_prefix = b""
+                if current.starts_sentence and not first_sentence and self.config.sentence_silence:
+                    pcm_prefix = silence(self.config.sentence_silence, voice.sample_rate)
+                first_sentence = False
+                start = 0
+                total = latent.num_frames
+                while start < total:
+                    if first_audio_at is None:
+                        frames = self.config.first_chunk_frames
+                    else:
+                        ahead = produced_seconds - (time.perf_counter() - first_audio_at)
+                        budget = max(0.0, ahead * SAFETY)
+                        frames = int(budget / frame_cost) - 2 * self.config.margin_frames
+                        frames = max(self.config.first_chunk_frames, frames)
+                        frames = min(self.config.max_chunk_frames, frames)
+                    end = min(total, start + frames)
+                    if total - end < self.config.first_chunk_frames:
+                        end = total  # no crumbs at the end of an utterance
+                    t0 = time.perf_counter()
+                    audio = await self._scheduler.run(voice.model.decode, latent, start, end)
+                    spent = time.perf_counter() - t0
+                    decoded = (end - start) + (
+                        0 if (start == 0 and end == total) else 2 * self.config.margin_frames
+                    )
+                    frame_cost = 0.5 * frame_cost + 0.5 * (spent / max(1, decoded))
+                    stats.decoder_calls += 1
+                    if end == total:
+                        audio = fade_out(audio, voice.sample_rate)
+                    pcm = pcm_prefix + to_pcm16(audio, voice.gain)
+                    pcm_prefix = b""
+                    if first_audio_at is None:
+                        start_event = framer.start()
+                        if start_event is not None:
+                            await send(start_event)
+                        first_audio_at = time.perf_counter()
+                        stats.first_audio_seconds = first_audio_at - started
+                    for event in framer.push(pcm):
+                        await send(event)
+                    produced_seconds += len(pcm) / 2 / voice.sample_rate
+                    start = end
+            for event in framer.flush():
+                await send(event)
+        finally:
+            if not pending.done():
+                pending.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await pending
+            await utterances.aclose()
+            stats.total_seconds = time.perf_counter() - started
+            stats.audio_seconds = framer.seconds_sent
+
+    async def _utterances(
+        self,
+        voice: LoadedVoice,
+        params: SynthParams,
+        sentences: AsyncIterator[str],
+        stats: SpeechStats,
+    ) -> AsyncIterator[_Utterance]:
+        run = self._scheduler.run
+        async for sentence in sentences:
+            stats.characters += len(sentence)
+            id_lists = await run(voice.phoneme_ids, sentence, self.config.max_utterance_ids)
+            for i, ids in enumerate(id_lists):
+                latent = await run(voice.frontend, ids, params)
+                if latent.num_frames <= 0:
+                    continue
+                stats.utterances += 1
+                yield _Utterance(latent=latent, starts_sentence=(i == 0))
+
+
+async def _next(gen: AsyncIterator[_Utterance]) -> _Utterance | None:
+    return await anext(gen, None)
+
+
+async def iterate(items: list[str]) -> AsyncIterator[str]:
+    for item in items:
+        yield item

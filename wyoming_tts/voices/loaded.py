@@ -1,0 +1,215 @@
+"""One voice in memory: its split graph, its phonemizer and its calibrated gain.
+
+Everything here blocks (onnxruntime, espeak): callers run it on a worker thread.
+"""
+
+from __future__ import annotations
+
+import logging
+import statistics
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import onnxruntime
+from piper.config import PiperConfig
+from piper.voice import PiperVoice
+
+from ..errors import NoSpeech, VoiceLoadFailed
+from ..synth.vits import Latent, VitsModel
+from .catalog import VoiceEntry
+
+_LOGGER = logging.getLogger(__name__)
+
+#: Ordinary sentences whose peaks set the fixed gain (piper normalises each to its own peak).
+CALIBRATION_TEXT = (
+    "The weather today is sunny with a light breeze. "
+    "I have turned on the kitchen lights for you. "
+    "Your timer for ten minutes has started."
+)
+KEEP_ALIVE_TEXT = "Ok."
+
+
+def session_options(intra_op_threads: int) -> onnxruntime.SessionOptions:
+    """Options chosen for many small concurrent runs on a small CPU.
+
+    Spinning threads burn a core while idle and add 20-30 ms to first audio
+    under concurrency; the CPU arena keeps peak buffers forever, so it is off
+    to give memory back after long utterances.
+    """
+    opts = onnxruntime.SessionOptions()
+    opts.intra_op_num_threads = intra_op_threads
+    opts.inter_op_num_threads = 1
+    opts.execution_mode = onnxruntime.ExecutionMode.ORT_SEQUENTIAL
+    opts.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts.enable_cpu_mem_arena = False
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    opts.add_session_config_entry("session.inter_op.allow_spinning", "0")
+    opts.log_severity_level = 3
+    return opts
+
+
+@dataclass(frozen=True)
+class SynthParams:
+    """Scales for one request, resolved from settings and the voice's own defaults."""
+
+    noise_scale: float
+    length_scale: float
+    noise_w_scale: float
+    speaker_id: int | None
+
+    @property
+    def scales(self) -> tuple[float, float, float]:
+        return (self.noise_scale, self.length_scale, self.noise_w_scale)
+
+
+@dataclass(eq=False)
+class LoadedVoice:
+    """A voice ready to speak; the pool owns its bookkeeping fields."""
+
+    entry: VoiceEntry
+    model: VitsModel
+    phonemizer: PiperVoice
+    gain: float
+    load_seconds: float
+    pinned: bool = False
+    in_use: int = 0
+    last_used: float = 0.0
+    last_warm: float = 0.0
+    stale: bool = False
+    warming: bool = field(default=False)
+
+    @property
+    def name(self) -> str:
+        return self.entry.name
+
+    @property
+    def sample_rate(self) -> int:
+        return self.entry.info.sample_rate
+
+    @property
+    def hop_length(self) -> int:
+        return self.model.hop_length
+
+    def params(
+        self,
+        speaker_id: int | None,
+        noise_scale: float | None,
+        length_scale: float | None,
+        noise_w_scale: float | None,
+    ) -> SynthParams:
+        cfg = self.phonemizer.config
+        if speaker_id is None and cfg.num_speakers > 1:
+            speaker_id = cfg.default_speaker_id
+        return SynthParams(
+            noise_scale=cfg.noise_scale if noise_scale is None else noise_scale,
+            length_scale=cfg.length_scale if length_scale is None else length_scale,
+            noise_w_scale=cfg.noise_w_scale if noise_w_scale is None else noise_w_scale,
+            speaker_id=speaker_id if cfg.num_speakers > 1 else None,
+        )
+
+    def phoneme_ids(self, text: str, max_ids: int) -> list[list[int]]:
+        """Utterances for one piece of text, none longer than max_ids."""
+        utterances: list[list[int]] = []
+        for phonemes in self.phonemizer.phonemize(text):
+            for piece in _cap_phonemes(phonemes, max(1, (max_ids - 2) // 2)):
+                ids = self.phonemizer.phonemes_to_ids(piece)
+                if _has_speech(piece):
+                    utterances.append(ids)
+        return utterances
+
+    def frontend(self, ids: Sequence[int], params: SynthParams) -> Latent:
+        return self.model.frontend(ids, params.scales, params.speaker_id)
+
+    def speak_blocking(self, text: str, params: SynthParams, max_ids: int) -> list[np.ndarray]:
+        """Whole utterances, unchunked: warm-up, calibration and tests."""
+        out = []
+        for ids in self.phoneme_ids(text, max_ids):
+            latent = self.frontend(ids, params)
+            out.append(self.model.decode(latent, 0, latent.num_frames))
+        if not out:
+            raise NoSpeech("Nothing to say in that text.")
+        return out
+
+
+def _has_speech(phonemes: Sequence[str]) -> bool:
+    return any(p.strip() and p not in ",.;:!?¡¿—…\"'()-" for p in phonemes)
+
+
+def _cap_phonemes(phonemes: list[str], limit: int) -> list[list[str]]:
+    """Split a phoneme list at clause marks, then word gaps, into pieces of at most limit."""
+    if len(phonemes) <= limit:
+        return [phonemes]
+    pieces: list[list[str]] = []
+    rest = phonemes
+    while len(rest) > limit:
+        window = rest[:limit]
+        cut = -1
+        for marks in ((",", ";", ":"), (" ",)):
+            for i in range(len(window) - 1, limit // 3, -1):
+                if window[i] in marks:
+                    cut = i + 1
+                    break
+            if cut > 0:
+                break
+        if cut <= 0:
+            cut = limit
+        pieces.append(rest[:cut])
+        rest = rest[cut:]
+        while rest and rest[0] == " ":
+            rest = rest[1:]
+    if rest:
+        pieces.append(rest)
+    return pieces
+
+
+def load_voice(
+    entry: VoiceEntry,
+    cache_dir: Path,
+    intra_op_threads: int,
+    max_ids: int,
+    pinned: bool = False,
+) -> LoadedVoice:
+    """Load, split and warm a voice with real inference over the whole graph.
+
+    Raises VoiceLoadFailed for anything wrong with the files, so a bad voice
+    fails its own requests and nothing else.
+    """
+    started = time.perf_counter()
+    try:
+        config = PiperConfig.from_dict(entry.info.raw)
+        model = VitsModel.load(
+            entry.model_path,
+            cache_dir,
+            session_options(intra_op_threads),
+            entry.info.hop_length,
+        )
+        phonemizer = PiperVoice(session=None, config=config)  # type: ignore[arg-type]
+    except Exception as err:
+        _LOGGER.debug("Load of %s failed", entry.name, exc_info=True)
+        raise VoiceLoadFailed(f"Voice '{entry.name}' could not be loaded: {_reason(err)}") from err
+    voice = LoadedVoice(
+        entry=entry, model=model, phonemizer=phonemizer, gain=1.0, load_seconds=0.0, pinned=pinned
+    )
+    try:
+        params = voice.params(None, None, None, None)
+        peaks = [float(np.max(np.abs(a))) for a in voice.speak_blocking(CALIBRATION_TEXT, params, max_ids)]
+    except Exception as err:
+        _LOGGER.debug("Warm-up of %s failed", entry.name, exc_info=True)
+        raise VoiceLoadFailed(f"Voice '{entry.name}' failed its warm-up: {_reason(err)}") from err
+    usable = [p for p in peaks if p > 1e-4]
+    voice.gain = statistics.median(1.0 / p for p in usable) if usable else 1.0
+    voice.load_seconds = time.perf_counter() - started
+    return voice
+
+
+def keep_alive(voice: LoadedVoice) -> None:
+    """A tiny inference through both graphs, so idle pages and caches stay warm."""
+    voice.speak_blocking(KEEP_ALIVE_TEXT, voice.params(None, None, None, None), 64)
+
+
+def _reason(err: BaseException) -> str:
+    text = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    return text[:200]

@@ -1,0 +1,390 @@
+"""Loaded voices: primed at start, warm while idle, bounded by count and memory.
+
+All bookkeeping happens on the event loop (no locks needed); loading and
+warm-ups run on a worker thread. Rules:
+
+* a voice in use is never evicted;
+* concurrent first requests for a voice share one load;
+* least recently used idle voices go first when the count or memory limit
+  is hit, or when idle longer than ``idle_timeout`` (pinned ones stay);
+* if room cannot be made, a load waits up to ``load_wait_timeout`` for a
+  voice to be released, then fails with ``busy`` or ``memory-exhausted``;
+* one warm-up coordinator (a lock) runs start-up priming and keep-alive, so
+  warm-ups never overlap or pile up, and keep-alive never runs while real
+  work is queued.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import ctypes.util
+import logging
+import time
+from collections import Counter, OrderedDict
+from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import TypeVar
+
+import psutil
+
+from ..errors import Busy, MemoryExhausted, TtsError, VoiceLoadFailed
+from ..synth.scheduler import Scheduler
+from .catalog import VoiceCatalog, VoiceEntry
+from .loaded import LoadedVoice, keep_alive, load_voice
+
+_LOGGER = logging.getLogger(__name__)
+T = TypeVar("T")
+
+#: Resident bytes a loaded voice costs per byte of model file (measured on medium voices).
+LOAD_COST_FACTOR = 1.6
+
+
+def process_rss() -> int:
+    return int(psutil.Process().memory_info().rss)
+
+
+@dataclass(frozen=True)
+class PoolConfig:
+    max_voices: int
+    idle_timeout: float
+    keep_alive_interval: float
+    memory_threshold_bytes: int
+    load_wait_timeout: float
+    pin_preloaded: bool
+    intra_op_threads: int
+    max_utterance_ids: int
+    cache_dir: Path
+
+
+@dataclass(frozen=True)
+class PoolStats:
+    """One snapshot for logs and health reporting."""
+
+    loaded: tuple[str, ...]
+    in_use: tuple[str, ...]
+    loads: int
+    load_failures: int
+    load_seconds_total: float
+    hits: int
+    misses: int
+    evictions: dict[str, int]
+    keep_alive_runs: int
+    rss_bytes: int
+    active_requests: int
+    waiting_requests: int
+
+
+class VoicePool:
+    """Owns every loaded voice. Create one per server; pass it down."""
+
+    def __init__(
+        self,
+        config: PoolConfig,
+        catalog: VoiceCatalog,
+        scheduler: Scheduler,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        memory_reader: Callable[[], int] = process_rss,
+        loader: Callable[..., LoadedVoice] = load_voice,
+    ) -> None:
+        self._config = config
+        self._catalog = catalog
+        self._scheduler = scheduler
+        self._clock = clock
+        self._memory_reader = memory_reader
+        self._loader = loader
+        self._voices: OrderedDict[str, LoadedVoice] = OrderedDict()
+        self._loading: dict[str, asyncio.Task[LoadedVoice]] = {}
+        self._changed = asyncio.Condition()
+        self._warm_lock = asyncio.Lock()
+        self._io = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tts-io")
+        self._loads = 0
+        self._load_failures = 0
+        self._load_seconds = 0.0
+        self._hits = 0
+        self._misses = 0
+        self._evictions: Counter[str] = Counter()
+        self._keep_alive_runs = 0
+        self._maintenance: asyncio.Task[None] | None = None
+        self._reserved = 0  # loads past _make_room, not yet in _voices
+
+    # ------------------------------------------------------------------ I/O helpers
+
+    async def run_io(self, func: Callable[..., T], *args: object) -> T:
+        """File I/O (catalog scans, stats) off the loop, on a thread of its own."""
+        return await asyncio.get_running_loop().run_in_executor(self._io, func, *args)
+
+    async def entries(self, force: bool = False) -> dict[str, VoiceEntry]:
+        return await self.run_io(self._catalog.refresh, force)
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def prime(self, names: tuple[str, ...]) -> None:
+        """Load and warm these voices before the server accepts anyone."""
+        for name in names:
+            entry = await self.run_io(self._catalog.get, name)
+            async with self._warm_lock:
+                voice = await self._load(entry, pinned=self._config.pin_preloaded)
+            _LOGGER.info(
+                "Primed voice %s in %.2f s (gain %.2f)", name, voice.load_seconds, voice.gain
+            )
+
+    def start_maintenance(self) -> None:
+        periods = [p for p in (self._config.idle_timeout, self._config.keep_alive_interval) if p > 0]
+        if not periods:
+            return
+        period = min(30.0, max(0.5, min(periods) / 4))
+        self._maintenance = asyncio.create_task(self._maintain_forever(period), name="voice-pool-maintenance")
+
+    async def close(self) -> None:
+        if self._maintenance is not None:
+            self._maintenance.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._maintenance
+        for task in self._loading.values():
+            task.cancel()
+        self._voices.clear()
+        self._io.shutdown(wait=False, cancel_futures=True)
+
+    # ------------------------------------------------------------------ requests
+
+    @contextlib.asynccontextmanager
+    async def acquire(self, name: str) -> AsyncIterator[LoadedVoice]:
+        """The loaded voice, held in use (never evicted) until the block ends."""
+        voice = await self._get(name)
+        voice.in_use += 1
+        voice.last_used = self._clock()
+        self._voices.move_to_end(voice.name)
+        try:
+            yield voice
+        finally:
+            voice.in_use -= 1
+            voice.last_used = self._clock()
+            if voice.stale and voice.in_use == 0 and self._voices.get(voice.name) is voice:
+                self._unload(voice, "replaced")
+            async with self._changed:
+                self._changed.notify_all()
+
+    async def _get(self, name: str) -> LoadedVoice:
+        entry = await self.run_io(self._catalog.get, name)
+        counted = False
+        while True:
+            voice = self._voices.get(name)
+            if voice is not None and not voice.stale and voice.entry.identity == entry.identity:
+                if not counted:
+                    self._hits += 1
+                return voice
+            if voice is not None and voice.entry.identity != entry.identity:
+                # Files replaced on disk: reload on this use.
+                voice.stale = True
+                if voice.in_use == 0:
+                    self._unload(voice, "replaced")
+            if not counted:
+                self._misses += 1
+                counted = True
+            task = self._loading.get(name)
+            if task is None:
+                task = asyncio.create_task(self._load(entry, pinned=False), name=f"load-{name}")
+                self._loading[name] = task
+                task.add_done_callback(partial(self._loading_done, name))
+            await asyncio.shield(task)
+
+    def _loading_done(self, name: str, task: asyncio.Task[LoadedVoice]) -> None:
+        if self._loading.get(name) is task:
+            del self._loading[name]
+        if not task.cancelled():
+            task.exception()  # retrieved here; each waiter re-raises its own copy
+
+    async def _load(self, entry: VoiceEntry, pinned: bool) -> LoadedVoice:
+        await self._make_room(entry)
+        loop = asyncio.get_running_loop()
+        self._reserved += 1
+        try:
+            voice = await loop.run_in_executor(
+                self._io,
+                self._loader,
+                entry,
+                self._config.cache_dir,
+                self._config.intra_op_threads,
+                self._config.max_utterance_ids,
+                pinned,
+            )
+        except TtsError:
+            self._load_failures += 1
+            raise
+        except Exception as err:  # a loader bug must not take the server down
+            self._load_failures += 1
+            _LOGGER.exception("Unexpected error loading voice %s", entry.name)
+            raise VoiceLoadFailed(f"Voice '{entry.name}' could not be loaded.") from err
+        finally:
+            self._reserved -= 1
+        now = self._clock()
+        voice.last_used = now
+        voice.last_warm = now
+        old = self._voices.pop(entry.name, None)
+        if old is not None and old.in_use == 0:
+            self._evictions["replaced"] += 1
+        self._voices[entry.name] = voice
+        self._loads += 1
+        self._load_seconds += voice.load_seconds
+        _LOGGER.info(
+            "Loaded voice %s in %.2f s; loaded: %s; rss %.0f MB",
+            entry.name,
+            voice.load_seconds,
+            ", ".join(self._voices),
+            self._memory_reader() / 2**20,
+        )
+        await self._enforce_memory(keep=voice)
+        return voice
+
+    async def _make_room(self, entry: VoiceEntry) -> None:
+        """Evict idle voices until one more fits by count and memory, or wait, or fail."""
+        deadline = self._clock() + self._config.load_wait_timeout
+        threshold = self._config.memory_threshold_bytes
+        cost = int(entry.model_size * LOAD_COST_FACTOR)
+        while True:
+            while self._slots_used() >= self._config.max_voices and self._evict_one("count"):
+                pass
+            count_ok = self._slots_used() < self._config.max_voices
+            memory_ok = True
+            if threshold > 0:
+                while self._memory_reader() + cost > threshold and self._evict_one("memory"):
+                    await self.run_io(_trim_heap)
+                memory_ok = self._memory_reader() + cost <= threshold
+            if count_ok and memory_ok:
+                return
+            busy = [v for v in self._voices.values() if v.in_use or v.warming]
+            remaining = deadline - self._clock()
+            if not busy or remaining <= 0:
+                if not memory_ok:
+                    raise MemoryExhausted(
+                        f"Not enough memory to load voice '{entry.name}' "
+                        f"(threshold {threshold // 2**20} MB); try again later."
+                    )
+                raise Busy(
+                    f"All {self._config.max_voices} voice slots are in use; "
+                    f"voice '{entry.name}' cannot be loaded now."
+                )
+            async with self._changed:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._changed.wait(), timeout=min(remaining, 1.0))
+
+    def _slots_used(self) -> int:
+        return len(self._voices) + self._reserved
+
+    def _evictable(self) -> list[LoadedVoice]:
+        """Idle, unpinned voices, least recently used first."""
+        return [
+            v
+            for v in self._voices.values()
+            if v.in_use == 0 and not v.warming and not v.pinned
+        ]
+
+    def _evict_one(self, reason: str) -> bool:
+        candidates = self._evictable()
+        if not candidates:
+            return False
+        self._unload(min(candidates, key=lambda v: v.last_used), reason)
+        return True
+
+    def _unload(self, voice: LoadedVoice, reason: str) -> None:
+        if self._voices.get(voice.name) is voice:
+            del self._voices[voice.name]
+        self._evictions[reason] += 1
+        _LOGGER.info(
+            "Unloaded voice %s (%s); loaded: %s",
+            voice.name,
+            reason,
+            ", ".join(self._voices) or "none",
+        )
+
+    async def _enforce_memory(self, keep: LoadedVoice | None = None) -> None:
+        threshold = self._config.memory_threshold_bytes
+        if threshold <= 0:
+            return
+        while self._memory_reader() > threshold:
+            candidates = [v for v in self._evictable() if v is not keep]
+            if not candidates:
+                return
+            self._unload(min(candidates, key=lambda v: v.last_used), "memory")
+            await self.run_io(_trim_heap)
+
+    # ------------------------------------------------------------------ maintenance
+
+    async def _maintain_forever(self, period: float) -> None:
+        while True:
+            await asyncio.sleep(period)
+            try:
+                await self.maintain()
+            except Exception:
+                _LOGGER.exception("Voice pool maintenance failed")
+
+    async def maintain(self) -> None:
+        """One pass: idle eviction, memory threshold, keep-alive. Tests call this directly."""
+        now = self._clock()
+        idle_timeout = self._config.idle_timeout
+        if idle_timeout > 0:
+            for voice in self._evictable():
+                if now - voice.last_used >= idle_timeout:
+                    self._unload(voice, "idle")
+                    await self.run_io(_trim_heap)
+        await self._enforce_memory()
+        interval = self._config.keep_alive_interval
+        if interval > 0:
+            for voice in list(self._voices.values()):
+                if self._scheduler.active_requests or self._scheduler.queued_steps:
+                    break  # real work comes first
+                if voice.in_use or voice.warming:
+                    continue
+                if now - max(voice.last_used, voice.last_warm) < interval:
+                    continue
+                await self._keep_alive(voice)
+
+    async def _keep_alive(self, voice: LoadedVoice) -> None:
+        async with self._warm_lock:
+            if self._voices.get(voice.name) is not voice:
+                return
+            voice.warming = True
+            try:
+                await self._scheduler.run(keep_alive, voice)
+                self._keep_alive_runs += 1
+            except Exception:
+                _LOGGER.warning("Keep-alive of voice %s failed", voice.name, exc_info=True)
+            finally:
+                voice.warming = False
+                voice.last_warm = self._clock()
+
+    # ------------------------------------------------------------------ stats
+
+    def stats(self) -> PoolStats:
+        return PoolStats(
+            loaded=tuple(self._voices),
+            in_use=tuple(v.name for v in self._voices.values() if v.in_use),
+            loads=self._loads,
+            load_failures=self._load_failures,
+            load_seconds_total=self._load_seconds,
+            hits=self._hits,
+            misses=self._misses,
+            evictions=dict(self._evictions),
+            keep_alive_runs=self._keep_alive_runs,
+            rss_bytes=self._memory_reader(),
+            active_requests=self._scheduler.active_requests,
+            waiting_requests=self._scheduler.waiting_requests,
+        )
+
+    def loaded(self) -> dict[str, LoadedVoice]:
+        return dict(self._voices)
+
+
+def _trim_heap() -> None:
+    """Hand freed model memory back to the OS (glibc keeps it otherwise)."""
+    name = ctypes.util.find_library("c")
+    if name is None:
+        return
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(name).malloc_trim(0)
