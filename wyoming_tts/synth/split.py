@@ -1,0 +1,366 @@
+"""Split a Piper (VITS) ONNX voice into a per-utterance frontend and a frame-local decoder.
+
+The frontend (text encoder, duration predictor, alignment, prior sampling) runs once per
+utterance; the decoder (flow + HiFi-GAN) is convolutional over frames, so it can be run on
+overlapping windows of the latent and streamed. The seam is found from the graph structure
+(never node names) and the two halves are cached on disk, keyed by the model's sha256.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import tempfile
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import onnx
+from onnx import helper
+
+_LOGGER = logging.getLogger(__name__)
+
+#: Bump when the split logic or the cache layout changes, so stale caches are ignored.
+CACHE_VERSION = 1
+
+_RANDOM_OPS = frozenset({"RandomNormalLike", "RandomNormal", "RandomUniformLike", "RandomUniform"})
+_CONV_OPS = frozenset({"Conv", "ConvTranspose"})
+_SPEAKER_INPUT = "sid"
+_META_FILE = "split.json"
+_FRONTEND_FILE = "frontend.onnx"
+_DECODER_FILE = "decoder.onnx"
+
+
+@dataclass(frozen=True)
+class SplitModel:
+    """Paths of the cached halves and the names of the tensors crossing the seam."""
+
+    frontend_path: Path
+    decoder_path: Path
+    z_name: str
+    mask_name: str
+    g_name: str | None
+
+
+@dataclass(frozen=True)
+class _Cut:
+    z_name: str
+    mask_name: str
+    g_name: str | None
+    frontend_nodes: list[int]
+    decoder_nodes: list[int]
+
+
+def split_voice_model(model_path: Path, cache_dir: Path) -> SplitModel | None:
+    """Return the cached frontend/decoder split of ``model_path``, computing it if needed.
+
+    Returns None when no seam is recognised; that verdict is cached too, so the (slow)
+    analysis of an unsplittable voice is not repeated on every load.
+    """
+    digest = _sha256(model_path)
+    entry_dir = cache_dir / digest[:16]
+    hit, cached = _read_cache(entry_dir, digest)
+    if hit:
+        return cached
+
+    model = onnx.load(str(model_path))
+    cut = _find_cut(model)
+    entry_dir.mkdir(parents=True, exist_ok=True)
+    if cut is None:
+        _write_json(entry_dir / _META_FILE, {"version": CACHE_VERSION, "sha256": digest})
+        return None
+
+    frontend, decoder = _build_models(model, cut)
+    for part in (frontend, decoder):
+        onnx.checker.check_model(part)
+    frontend_path = entry_dir / _FRONTEND_FILE
+    decoder_path = entry_dir / _DECODER_FILE
+    _write_atomic(frontend_path, frontend.SerializeToString())
+    _write_atomic(decoder_path, decoder.SerializeToString())
+    # The json is written last: it is the marker that both model files are complete.
+    _write_json(
+        entry_dir / _META_FILE,
+        {
+            "version": CACHE_VERSION,
+            "sha256": digest,
+            "z_name": cut.z_name,
+            "mask_name": cut.mask_name,
+            "g_name": cut.g_name,
+        },
+    )
+    _LOGGER.debug(
+        "Split %s: z=%s mask=%s g=%s (frontend %d nodes, decoder %d nodes)",
+        model_path,
+        cut.z_name,
+        cut.mask_name,
+        cut.g_name,
+        len(cut.frontend_nodes),
+        len(cut.decoder_nodes),
+    )
+    return SplitModel(frontend_path, decoder_path, cut.z_name, cut.mask_name, cut.g_name)
+
+
+# --------------------------------------------------------------------------- cache
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _read_cache(entry_dir: Path, digest: str) -> tuple[bool, SplitModel | None]:
+    """(hit, split): a hit with None is a cached "no seam"; damaged entries are misses."""
+    try:
+        meta = json.loads((entry_dir / _META_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False, None
+    if not isinstance(meta, dict) or meta.get("version") != CACHE_VERSION:
+        return False, None
+    if meta.get("sha256") != digest:
+        return False, None
+    z_name, mask_name, g_name = meta.get("z_name"), meta.get("mask_name"), meta.get("g_name")
+    if z_name is None:
+        return True, None
+    frontend_path = entry_dir / _FRONTEND_FILE
+    decoder_path = entry_dir / _DECODER_FILE
+    if not (
+        isinstance(z_name, str)
+        and isinstance(mask_name, str)
+        and (g_name is None or isinstance(g_name, str))
+        and frontend_path.is_file()
+        and decoder_path.is_file()
+    ):
+        return False, None
+    return True, SplitModel(frontend_path, decoder_path, z_name, mask_name, g_name)
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    """Write via a temp file + rename so concurrent loaders never see a partial file."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _write_json(path: Path, obj: dict[str, object]) -> None:
+    _write_atomic(path, json.dumps(obj, indent=2, sort_keys=True).encode("utf-8"))
+
+
+# --------------------------------------------------------------------------- analysis
+
+
+class _Graph:
+    """Producer/consumer index over the top-level nodes of an ONNX graph."""
+
+    def __init__(self, graph: onnx.GraphProto) -> None:
+        self.nodes = list(graph.node)
+        self.initializers = {t.name for t in graph.initializer}
+        self.inputs = [i.name for i in graph.input if i.name not in self.initializers]
+        self.producer: dict[str, int] = {}
+        self.consumers: dict[str, list[int]] = {}
+        for idx, node in enumerate(self.nodes):
+            for name in node.output:
+                if name:
+                    self.producer[name] = idx
+            for name in node.input:
+                if name:
+                    self.consumers.setdefault(name, []).append(idx)
+        self.input_deps = self._input_dependencies()
+
+    def _input_dependencies(self) -> list[frozenset[str]]:
+        """For each node, the graph inputs it transitively depends on (nodes are topo-sorted)."""
+        deps: dict[str, frozenset[str]] = {name: frozenset({name}) for name in self.inputs}
+        per_node: list[frozenset[str]] = []
+        for node in self.nodes:
+            acc: frozenset[str] = frozenset()
+            for name in node.input:
+                acc |= deps.get(name, frozenset())
+            per_node.append(acc)
+            for name in node.output:
+                deps[name] = acc
+        return per_node
+
+    def tensor_deps(self, name: str) -> frozenset[str]:
+        if name in self.inputs:
+            return frozenset({name})
+        idx = self.producer.get(name)
+        return self.input_deps[idx] if idx is not None else frozenset()
+
+    def descendants(self, names: Iterable[str]) -> set[int]:
+        seen: set[int] = set()
+        stack = [c for name in names for c in self.consumers.get(name, [])]
+        while stack:
+            idx = stack.pop()
+            if idx in seen:
+                continue
+            seen.add(idx)
+            for out in self.nodes[idx].output:
+                stack.extend(self.consumers.get(out, []))
+        return seen
+
+    def ancestors(self, names: Iterable[str], stop: set[str]) -> set[int]:
+        """Nodes needed to compute ``names`` when the tensors in ``stop`` are given."""
+        seen: set[int] = set()
+        stack = [n for n in names if n not in stop]
+        while stack:
+            name = stack.pop()
+            idx = self.producer.get(name)
+            if idx is None or idx in seen:
+                continue
+            seen.add(idx)
+            stack.extend(i for i in self.nodes[idx].input if i and i not in stop)
+        return seen
+
+
+def _find_cut(model: onnx.ModelProto) -> _Cut | None:
+    """Locate z_p (noisy prior sample) and the other tensors the decoder needs.
+
+    Candidates are the Add nodes downstream of the last random node, nearest first. A
+    candidate is accepted when the nodes computing the audio from it depend on no graph
+    input and no random op except through the crossing tensors, which must be exactly z,
+    one frame mask, and at most one speaker embedding.
+    """
+    if not model.graph.output:
+        return None
+    if any(
+        attr.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS)
+        for node in model.graph.node
+        for attr in node.attribute
+    ):
+        return None  # subgraphs would need scope-aware analysis; not a VITS export
+    graph = _Graph(model.graph)
+    audio = model.graph.output[0].name
+    random_nodes = [i for i, n in enumerate(graph.nodes) if n.op_type in _RANDOM_OPS]
+    if not random_nodes:
+        return None
+    random_set = set(random_nodes)
+    last_random = [
+        r for r in random_nodes if not graph.descendants(graph.nodes[r].output) & random_set
+    ]
+    if len(last_random) != 1:
+        return None
+    downstream = graph.descendants(graph.nodes[last_random[0]].output)
+    candidates = sorted(i for i in downstream if graph.nodes[i].op_type == "Add")
+    for idx in candidates:
+        if len(graph.nodes[idx].output) != 1:
+            continue
+        cut = _try_cut(graph, graph.nodes[idx].output[0], audio, random_set)
+        if cut is not None:
+            return cut
+    return None
+
+
+def _try_cut(graph: _Graph, z_name: str, audio: str, random_set: set[int]) -> _Cut | None:
+    decoder_core = graph.descendants([z_name])
+    if not decoder_core or graph.producer.get(audio) not in decoder_core:
+        return None
+    # Crossing tensors: inputs of the decoder core made by nodes that depend on graph inputs.
+    # Input-free helper nodes (Constant, shape arithmetic on constants) are copied over.
+    crossing: list[str] = []
+    for idx in sorted(decoder_core):
+        for name in graph.nodes[idx].input:
+            if not name or name in graph.initializers or name in crossing:
+                continue
+            producer = graph.producer.get(name)
+            if producer is not None and producer in decoder_core:
+                continue
+            if producer is None or graph.tensor_deps(name) or producer in random_set:
+                crossing.append(name)
+    if z_name not in crossing or any(name in graph.inputs for name in crossing):
+        return None
+    others = [name for name in crossing if name != z_name]
+    g_names = [n for n in others if graph.tensor_deps(n) == frozenset({_SPEAKER_INPUT})]
+    mask_names = [n for n in others if n not in g_names]
+    if len(mask_names) != 1 or len(g_names) > 1:
+        return None
+    cut_tensors = set(crossing)
+    decoder_nodes = graph.ancestors([audio], stop=cut_tensors)
+    # Verify the cut: every decoder-side input is made inside the decoder, is an
+    # initializer, or crosses the seam; nothing random or input-dependent leaks in.
+    for idx in decoder_nodes:
+        if idx in random_set or (idx not in decoder_core and graph.input_deps[idx]):
+            return None
+        for name in graph.nodes[idx].input:
+            if not name or name in graph.initializers or name in cut_tensors:
+                continue
+            if graph.producer.get(name) not in decoder_nodes:
+                return None
+    if not any(graph.nodes[i].op_type in _CONV_OPS for i in decoder_nodes):
+        return None
+    frontend_nodes = graph.ancestors(crossing, stop=set())
+    return _Cut(
+        z_name=z_name,
+        mask_name=mask_names[0],
+        g_name=g_names[0] if g_names else None,
+        frontend_nodes=sorted(frontend_nodes),
+        decoder_nodes=sorted(decoder_nodes),
+    )
+
+
+# --------------------------------------------------------------------------- building
+
+
+def _build_models(model: onnx.ModelProto, cut: _Cut) -> tuple[onnx.ModelProto, onnx.ModelProto]:
+    inferred = onnx.shape_inference.infer_shapes(model)
+    value_info = {vi.name: vi for vi in inferred.graph.value_info}
+    value_info.update({vi.name: vi for vi in model.graph.input})
+    value_info.update({vi.name: vi for vi in model.graph.output})
+    crossing = [cut.z_name, cut.mask_name] + ([cut.g_name] if cut.g_name else [])
+    crossing_info = [_value_info(name, value_info) for name in crossing]
+
+    graph = model.graph
+    frontend_node_list = [graph.node[i] for i in cut.frontend_nodes]
+    used_inputs = {name for node in frontend_node_list for name in node.input}
+    frontend = _make_model(
+        model,
+        "frontend",
+        frontend_node_list,
+        inputs=[vi for vi in graph.input if vi.name in used_inputs],
+        outputs=crossing_info,
+    )
+    decoder = _make_model(
+        model,
+        "decoder",
+        [graph.node[i] for i in cut.decoder_nodes],
+        inputs=crossing_info,
+        outputs=[graph.output[0]],
+    )
+    return frontend, decoder
+
+
+def _value_info(name: str, known: dict[str, onnx.ValueInfoProto]) -> onnx.ValueInfoProto:
+    if name in known and known[name].type.HasField("tensor_type"):
+        out = onnx.ValueInfoProto()
+        out.CopyFrom(known[name])
+        return out
+    return helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None)
+
+
+def _make_model(
+    source: onnx.ModelProto,
+    name: str,
+    nodes: list[onnx.NodeProto],
+    inputs: list[onnx.ValueInfoProto],
+    outputs: list[onnx.ValueInfoProto],
+) -> onnx.ModelProto:
+    used = {i for node in nodes for i in node.input}
+    initializers = [t for t in source.graph.initializer if t.name in used]
+    graph = helper.make_graph(
+        nodes, f"{source.graph.name or 'vits'}_{name}", inputs, outputs, initializers
+    )
+    model = helper.make_model(
+        graph,
+        opset_imports=list(source.opset_import),
+        producer_name="wyoming-tts",
+        ir_version=source.ir_version,
+    )
+    return model
