@@ -25,7 +25,11 @@ def assert_speech(resp, text: str) -> None:
     start = resp.start
     assert (start.rate, start.width, start.channels) == (22050, 2, 1)
     for chunk in resp.chunks:
-        assert (chunk.rate, chunk.width, chunk.channels) == (start.rate, start.width, start.channels)
+        assert (chunk.rate, chunk.width, chunk.channels) == (
+            start.rate,
+            start.width,
+            start.channels,
+        )
     assert rms_dbfs(resp.audio) > -35, "audio is near silence"
     chars_per_second = len(text) / resp.seconds
     assert 6 < chars_per_second < 30, f"{resp.seconds:.2f}s of audio for {len(text)} chars"
@@ -73,7 +77,14 @@ async def test_synthesize_named_voice_and_connection_reuse(server: ServerProcess
 
 async def test_streaming_like_home_assistant(server: ServerProcess) -> None:
     text = "The front door is locked. The garage is open, and it is raining outside. Goodbye."
-    pieces = ["The fr", "ont door is lo", "cked. The gar", "age is open, and it is rain", "ing outside. Good", "bye."]
+    pieces = [
+        "The fr",
+        "ont door is lo",
+        "cked. The gar",
+        "age is open, and it is rain",
+        "ing outside. Good",
+        "bye.",
+    ]
     async with connect(server.uri) as client:
         await client.write_event(SynthesizeStart(voice=SynthesizeVoice(name=VOICE)).event())
         for piece in pieces:
@@ -104,7 +115,9 @@ async def test_first_sentence_arrives_before_stream_ends(server: ServerProcess) 
     """Audio for a complete sentence is sent while the client is still streaming text."""
     async with connect(server.uri) as client:
         await client.write_event(SynthesizeStart().event())
-        await client.write_event(SynthesizeChunk(text="This sentence is complete. And this").event())
+        await client.write_event(
+            SynthesizeChunk(text="This sentence is complete. And this").event()
+        )
         async with asyncio.timeout(30):
             event = await client.read_event()
         assert event is not None and event.type == "audio-start"

@@ -77,7 +77,7 @@ class App:
         )
         self.services = Services(settings, self.pool, self.synthesizer, self.scheduler)
         self._connections: dict[asyncio.Task[None], Connection] = {}
-        self._server: asyncio.AbstractServer | None = None
+        self._server: asyncio.Server | None = None
         self._stop = asyncio.Event()
 
     # ------------------------------------------------------------------ phases
@@ -122,13 +122,18 @@ class App:
         limit = self.settings.max_header_bytes
         if parsed.scheme == "tcp":
             self._server = await asyncio.start_server(
-                self._accept, host=parsed.hostname, port=parsed.port, limit=limit, reuse_address=True
+                self._accept,
+                host=parsed.hostname,
+                port=parsed.port,
+                limit=limit,
+                reuse_address=True,
             )
         elif parsed.scheme == "unix":
             path = Path(parsed.path)
-            with contextlib.suppress(FileNotFoundError):
-                path.unlink()
-            self._server = await asyncio.start_unix_server(self._accept, path=str(path), limit=limit)
+            await asyncio.to_thread(_unlink, path)
+            self._server = await asyncio.start_unix_server(
+                self._accept, path=str(path), limit=limit
+            )
 
     @property
     def bound_port(self) -> int | None:
@@ -167,21 +172,25 @@ class App:
             for task in pending:
                 task.cancel()
             if pending:
-                _LOGGER.info("Cancelled %d request(s) still running after the grace period", len(pending))
+                _LOGGER.info(
+                    "Cancelled %d request(s) still running after the grace period", len(pending)
+                )
                 await asyncio.wait(pending, timeout=2.0)
         if self._server is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._server.wait_closed(), timeout=1.0)
         parsed = urlparse(self.settings.uri)
         if parsed.scheme == "unix":
-            with contextlib.suppress(OSError):
-                Path(parsed.path).unlink()
+            await asyncio.to_thread(_unlink, Path(parsed.path))
 
     # ------------------------------------------------------------------ connections
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         peer = _peer_name(writer)
-        if self.phase is not Phase.SERVING or len(self._connections) >= self.settings.max_connections:
+        if (
+            self.phase is not Phase.SERVING
+            or len(self._connections) >= self.settings.max_connections
+        ):
             await _refuse(writer, peer, self.settings.max_connections)
             return
         conn = Connection(reader, writer, self.services, peer)
@@ -220,6 +229,11 @@ async def _refuse(writer: asyncio.StreamWriter, peer: str, limit: int) -> None:
             timeout=2.0,
         )
     writer.close()
+
+
+def _unlink(path: Path) -> None:
+    with contextlib.suppress(OSError):
+        path.unlink()
 
 
 def _peer_name(writer: asyncio.StreamWriter) -> str:

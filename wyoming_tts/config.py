@@ -190,9 +190,7 @@ class Settings:
     sentence_silence: float = _opt(
         0.0, "Seconds of silence inserted between sentences.", group="synthesis"
     )
-    samples_per_chunk: int = _opt(
-        1024, "Samples per `audio-chunk` event.", group="synthesis"
-    )
+    samples_per_chunk: int = _opt(1024, "Samples per `audio-chunk` event.", group="synthesis")
     auto_punctuation: str = _opt(
         ".?!。？！．؟",
         "If text ends with none of these characters, the first is appended.",
@@ -391,9 +389,7 @@ def _coerce(key: str, value: Any, tp: Any, *, from_text: bool) -> Any:
                 raise ConfigError(f"{key}: expected a whole number, got {value!r}")
             return int(value)
         if inner is float:
-            if isinstance(value, bool) or (
-                not from_text and not isinstance(value, (int, float))
-            ):
+            if isinstance(value, bool) or (not from_text and not isinstance(value, (int, float))):
                 raise ConfigError(f"{key}: expected a number, got {value!r}")
             result = float(value)
             if result != result or result in (float("inf"), float("-inf")):
@@ -410,7 +406,9 @@ def _coerce(key: str, value: Any, tp: Any, *, from_text: bool) -> Any:
     except (TypeError, ValueError) as err:
         if isinstance(err, ConfigError):
             raise
-        raise ConfigError(f"{key}: cannot read {value!r} as {getattr(inner, '__name__', inner)}") from None
+        raise ConfigError(
+            f"{key}: cannot read {value!r} as {getattr(inner, '__name__', inner)}"
+        ) from None
     raise ConfigError(f"{key}: unsupported type")  # pragma: no cover
 
 

@@ -98,13 +98,6 @@ class StreamingDisabled(TtsError):
     code = "streaming-disabled"
 
 
-class ShuttingDown(TtsError):
-    """The server is stopping and takes no new work."""
-
-    code = "shutting-down"
-    keeps_connection = False
-
-
 class InternalError(TtsError):
     """Our own bug; logged with a traceback, reported without one."""
 
@@ -126,7 +119,6 @@ ERROR_CODES: dict[str, str] = {
         Busy,
         MemoryExhausted,
         StreamingDisabled,
-        ShuttingDown,
         InternalError,
     )
 }

@@ -62,7 +62,6 @@ from .errors import (
     EmptyText,
     InternalError,
     NoSpeech,
-    ShuttingDown,
     StreamingDisabled,
     TextTooLong,
     TtsError,
@@ -187,7 +186,9 @@ class Connection:
             _LOGGER.debug("Ignoring %s event from %s", kind, self._peer)
             return
         if kind != "synthesize" and not self._settings.streaming:
-            raise StreamingDisabled("Text streaming is turned off on this server; send 'synthesize'.")
+            raise StreamingDisabled(
+                "Text streaming is turned off on this server; send 'synthesize'."
+            )
         if self._state is State.FINISHING and kind in ("synthesize", "synthesize-start"):
             await self._wait_task()
         if self._state is State.SPEAKING and self._task is not None and self._task.done():
@@ -301,7 +302,9 @@ class Connection:
                     )
                     framer = AudioFramer(voice.sample_rate, self._settings.samples_per_chunk)
                     self._limit_write_buffer(voice.sample_rate)
-                    await services.synthesizer.speak(voice, params, sentences, framer, self._send, stats)
+                    await services.synthesizer.speak(
+                        voice, params, sentences, framer, self._send, stats
+                    )
             if framer is not None and framer.started:
                 await self._send(framer.stop())
             elif not streaming:
@@ -312,7 +315,9 @@ class Connection:
                 "Spoke voice=%s chars=%d first_audio=%s total=%.3fs audio=%.2fs rtf=%.3f%s",
                 name,
                 stats.characters,
-                f"{stats.first_audio_seconds:.3f}s" if stats.first_audio_seconds is not None else "-",
+                f"{stats.first_audio_seconds:.3f}s"
+                if stats.first_audio_seconds is not None
+                else "-",
                 stats.total_seconds,
                 stats.audio_seconds,
                 stats.real_time_factor,
@@ -414,7 +419,3 @@ def _voice_field(data: dict[str, Any]) -> VoiceRequest:
             raise BadRequest(f"Field 'voice.{key}' must be a string.")
         values[key] = value or None
     return VoiceRequest(values["name"], values["speaker"], values["language"])
-
-
-def shutting_down_error() -> TtsError:
-    return ShuttingDown("The server is shutting down.")

@@ -104,9 +104,7 @@ class EventReader:
         try:
             line = await self._reader.readuntil(b"\n")
         except asyncio.LimitOverrunError:
-            raise BadEvent(
-                f"Event header longer than {self._max_header} bytes."
-            ) from None
+            raise BadEvent(f"Event header longer than {self._max_header} bytes.") from None
         except asyncio.IncompleteReadError as err:
             if err.partial:
                 raise BadEvent("Connection ended in the middle of an event header.") from None

@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 
 from wyoming.event import Event
@@ -163,7 +163,7 @@ class Synthesizer:
         params: SynthParams,
         sentences: AsyncIterator[str],
         stats: SpeechStats,
-    ) -> AsyncIterator[_Utterance]:
+    ) -> AsyncGenerator[_Utterance, None]:
         run = self._scheduler.run
         async for sentence in sentences:
             stats.characters += len(sentence)
@@ -176,7 +176,7 @@ class Synthesizer:
                 yield _Utterance(latent=latent, starts_sentence=(i == 0))
 
 
-async def _next(gen: AsyncIterator[_Utterance]) -> _Utterance | None:
+async def _next(gen: AsyncGenerator[_Utterance, None]) -> _Utterance | None:
     return await anext(gen, None)
 
 

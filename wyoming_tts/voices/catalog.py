@@ -68,7 +68,7 @@ class VoiceEntry:
 
     @property
     def identity(self) -> tuple[int, int, int]:
-        """Changes whenever either file is replaced; a loaded voice with another identity is stale."""
+        """Changes whenever either file is replaced; a loaded copy of another identity is stale."""
         return (self.model_mtime_ns, self.model_size, self.config_mtime_ns)
 
 
@@ -80,9 +80,7 @@ def parse_voice_config(name: str, raw: dict[str, Any]) -> VoiceInfo:
     speaker_id_map = {str(k): int(v) for k, v in (raw.get("speaker_id_map") or {}).items()}
     language_block = raw.get("language") or {}
     language = str(
-        language_block.get("code")
-        or (raw.get("espeak") or {}).get("voice")
-        or name.split("-")[0]
+        language_block.get("code") or (raw.get("espeak") or {}).get("voice") or name.split("-")[0]
     )
     dataset = raw.get("dataset") or name
     quality = audio.get("quality")
@@ -121,7 +119,9 @@ def is_safe_voice_name(name: object) -> bool:
 class VoiceCatalog:
     """The data dirs' voices, rescanned lazily. All methods do file I/O: call off the loop."""
 
-    def __init__(self, data_dirs: Iterable[Path], ttl: float, clock: Clock = time.monotonic) -> None:
+    def __init__(
+        self, data_dirs: Iterable[Path], ttl: float, clock: Clock = time.monotonic
+    ) -> None:
         self._data_dirs = tuple(data_dirs)
         self._ttl = ttl
         self._clock = clock

@@ -186,7 +186,7 @@ def load_voice(
             session_options(intra_op_threads),
             entry.info.hop_length,
         )
-        phonemizer = PiperVoice(session=None, config=config)  # type: ignore[arg-type]
+        phonemizer = PiperVoice(session=None, config=config)
     except Exception as err:
         _LOGGER.debug("Load of %s failed", entry.name, exc_info=True)
         raise VoiceLoadFailed(f"Voice '{entry.name}' could not be loaded: {_reason(err)}") from err
@@ -195,7 +195,10 @@ def load_voice(
     )
     try:
         params = voice.params(None, None, None, None)
-        peaks = [float(np.max(np.abs(a))) for a in voice.speak_blocking(CALIBRATION_TEXT, params, max_ids)]
+        peaks = [
+            float(np.max(np.abs(a)))
+            for a in voice.speak_blocking(CALIBRATION_TEXT, params, max_ids)
+        ]
     except Exception as err:
         _LOGGER.debug("Warm-up of %s failed", entry.name, exc_info=True)
         raise VoiceLoadFailed(f"Voice '{entry.name}' failed its warm-up: {_reason(err)}") from err

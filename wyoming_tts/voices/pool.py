@@ -135,11 +135,15 @@ class VoicePool:
             )
 
     def start_maintenance(self) -> None:
-        periods = [p for p in (self._config.idle_timeout, self._config.keep_alive_interval) if p > 0]
+        periods = [
+            p for p in (self._config.idle_timeout, self._config.keep_alive_interval) if p > 0
+        ]
         if not periods:
             return
         period = min(30.0, max(0.5, min(periods) / 4))
-        self._maintenance = asyncio.create_task(self._maintain_forever(period), name="voice-pool-maintenance")
+        self._maintenance = asyncio.create_task(
+            self._maintain_forever(period), name="voice-pool-maintenance"
+        )
 
     async def close(self) -> None:
         if self._maintenance is not None:
@@ -280,9 +284,7 @@ class VoicePool:
     def _evictable(self) -> list[LoadedVoice]:
         """Idle, unpinned voices, least recently used first."""
         return [
-            v
-            for v in self._voices.values()
-            if v.in_use == 0 and not v.warming and not v.pinned
+            v for v in self._voices.values() if v.in_use == 0 and not v.warming and not v.pinned
         ]
 
     def _evict_one(self, reason: str) -> bool:

@@ -1,0 +1,142 @@
+"""Settings: one direction of precedence, clear one-line errors, docs that cannot drift."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from wyoming_tts.config import ConfigError, Settings, load_settings, settings_fields
+from wyoming_tts.settings_docs import render_config, render_table
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "c.toml"
+    path.write_text(text)
+    return path
+
+
+def test_defaults() -> None:
+    settings, warnings = load_settings(["--config", str(ROOT / "config/wyoming-tts.toml")], {})
+    assert settings == Settings()
+    assert settings.uri == "tcp://0.0.0.0:10200"
+    assert settings.voice == "en_US-joe-medium"
+    assert settings.samples_per_chunk == 1024
+    assert warnings == []
+
+
+def test_precedence_file_env_cli(tmp_path: Path) -> None:
+    cfg = write(tmp_path, "[pool]\nmax_voices = 5\nidle_timeout = 30.0\n[synthesis]\nsentence_silence = 0.2\n")
+    env = {"WYOMING_TTS_MAX_VOICES": "6", "WYOMING_TTS_SENTENCE_SILENCE": "0.3"}
+    settings, _ = load_settings(["--config", str(cfg), "--max-voices", "7"], env)
+    assert settings.max_voices == 7  # CLI beats env and file
+    assert settings.sentence_silence == 0.3  # env beats file
+    assert settings.idle_timeout == 30.0  # file beats default
+
+
+def test_wyoming_piper_flags(tmp_path: Path) -> None:
+    settings, warnings = load_settings(
+        [
+            "--voice",
+            "en_US-joe-medium",
+            "--data-dir",
+            str(tmp_path),
+            "--data-dir",
+            str(tmp_path / "b"),
+            "--speaker",
+            "1",
+            "--length-scale",
+            "1.2",
+            "--noise-scale",
+            "0.5",
+            "--noise-w",
+            "0.6",
+            "--sentence-silence",
+            "0.1",
+            "--samples-per-chunk",
+            "512",
+            "--auto-punctuation",
+            ".?!",
+            "--no-streaming",
+            "--zeroconf",
+            "--debug",
+            "--log-format",
+            "%(message)s",
+            "--download-dir",
+            "/tmp/x",
+            "--update-voices",
+        ],
+        {},
+    )
+    assert settings.data_dirs == (tmp_path, tmp_path / "b")
+    assert settings.speaker == "1"
+    assert settings.length_scale == 1.2
+    assert settings.noise_w_scale == 0.6
+    assert settings.samples_per_chunk == 512
+    assert settings.streaming is False
+    assert settings.zeroconf == "wyoming-tts"
+    assert settings.debug is True
+    assert len(warnings) == 2
+
+
+def test_zeroconf_name_and_env_lists() -> None:
+    settings, _ = load_settings(
+        ["--zeroconf", "kitchen"], {"WYOMING_TTS_PRELOAD": "a, b", "WYOMING_TTS_MAX_VOICES": "4"}
+    )
+    assert settings.zeroconf == "kitchen"
+    assert settings.preload == ("a", "b")
+    assert settings.preload_voices == ("en_US-joe-medium", "a", "b")
+
+
+@pytest.mark.parametrize(
+    ("argv", "env", "key"),
+    [
+        (["--max-voices", "0"], {}, "max_voices"),
+        (["--max-voices", "three"], {}, "max_voices"),
+        ([], {"WYOMING_TTS_IDLE_TIMEOUT": "-1"}, "idle_timeout"),
+        ([], {"WYOMING_TTS_DEBUG": "maybe"}, "debug"),
+        (["--uri", "http://x:1"], {}, "uri"),
+        (["--uri", "tcp://localhost"], {}, "uri"),
+        (["--length-scale", "nan"], {}, "length_scale"),
+        (["--zeroconf", "--uri", "stdio://"], {}, "zeroconf"),
+    ],
+)
+def test_invalid_values_name_the_key(argv: list[str], env: dict[str, str], key: str) -> None:
+    with pytest.raises(ConfigError, match=rf"^{key}: "):
+        load_settings(argv, env)
+
+
+def test_bad_file_values(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="^max_voices: "):
+        load_settings(["--config", str(write(tmp_path, 'max_voices = "3"'))], {})
+    with pytest.raises(ConfigError, match="^nonsense: unknown setting"):
+        load_settings(["--config", str(write(tmp_path, "nonsense = 1"))], {})
+    with pytest.raises(ConfigError, match="^config: "):
+        load_settings(["--config", str(write(tmp_path, "max_voices = = 1"))], {})
+
+
+def test_cli_invalid_value_is_one_line_and_exit_2() -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "wyoming_tts", "--max-voices", "0"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert proc.returncode == 2
+    assert proc.stderr.strip().count("\n") == 0
+    assert "max_voices" in proc.stderr
+
+
+def test_config_file_and_readme_document_every_setting() -> None:
+    assert (ROOT / "config/wyoming-tts.toml").read_text() == render_config()
+    readme = (ROOT / "README.md").read_text()
+    start = readme.index("<!-- settings-table:start -->\n") + len("<!-- settings-table:start -->\n")
+    end = readme.index("<!-- settings-table:end -->")
+    assert readme[start:end] == render_table()
+    for f in settings_fields():
+        assert f"`{f.name}`" in readme

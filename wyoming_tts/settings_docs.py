@@ -1,0 +1,107 @@
+"""Render the settings as the README table and the documented config file.
+
+Both are generated from the field metadata in `config.py`, and a test checks
+the committed files match, so a new knob cannot go undocumented.
+Run `python -m wyoming_tts.settings_docs config > config/wyoming-tts.toml`.
+"""
+
+from __future__ import annotations
+
+import sys
+import typing
+from pathlib import Path
+from typing import Any
+
+from .config import ENV_PREFIX, Settings, settings_fields
+
+GROUP_TITLES = {
+    "server": "Server and connections",
+    "voices": "Voices and catalog",
+    "pool": "Voice pool and workers",
+    "synthesis": "Synthesis and limits",
+}
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, (tuple, list)):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    if isinstance(value, Path):
+        value = str(value)
+    text = str(value).replace("\\", "\\\\").replace('"', '\\"')
+    return f'"{text}"'
+
+
+def _cli_flag(name: str) -> str:
+    return {
+        "data_dirs": "--data-dir",
+        "streaming": "--no-streaming",
+        "zeroconf": "--zeroconf [NAME]",
+    }.get(name, "--" + name.replace("_", "-"))
+
+
+def render_config() -> str:
+    lines = [
+        "# wyoming-tts configuration.",
+        "#",
+        "# Precedence: built-in defaults < this file < WYOMING_TTS_* environment",
+        "# variables < command-line flags. Every key below shows its default;",
+        "# uncomment a line to change it. Tables only group keys; names are unique.",
+        "# Start with a different file: wyoming-tts --config PATH",
+        "",
+    ]
+    hints = typing.get_type_hints(Settings)
+    group = None
+    for f in settings_fields():
+        if f.metadata["group"] != group:
+            group = f.metadata["group"]
+            lines += ["", f"[{group}]  # {GROUP_TITLES[group]}"]
+        lines.append("")
+        for chunk in _wrap(f.metadata["doc"], 76):
+            lines.append(f"# {chunk}")
+        lines.append(f"# env {ENV_PREFIX}{f.name.upper()}, flag {_cli_flag(f.name)}")
+        if f.default is None:
+            example = {"zeroconf": '"wyoming-tts"', "cache_dir": '"/data/cache"'}.get(
+                f.name, "0" if "int" in str(hints[f.name]) else "1.0"
+            )
+            lines.append(f"# {f.name} = {example}   (default: unset)")
+        else:
+            lines.append(f"# {f.name} = {_toml_value(f.default)}")
+    return "\n".join(lines) + "\n"
+
+
+def render_table() -> str:
+    rows = [
+        "| setting (file key) | flag | env | default | what it does, what it trades |",
+        "|---|---|---|---|---|",
+    ]
+    for f in settings_fields():
+        default = "unset" if f.default is None else f"`{_toml_value(f.default)}`"
+        doc = f.metadata["doc"].replace("|", "\\|")
+        rows.append(
+            f"| `{f.name}` | `{_cli_flag(f.name)}` | `{ENV_PREFIX}{f.name.upper()}` "
+            f"| {default} | {doc} |"
+        )
+    return "\n".join(rows) + "\n"
+
+
+def _wrap(text: str, width: int) -> list[str]:
+    out: list[str] = []
+    line = ""
+    for word in text.split():
+        if line and len(line) + 1 + len(word) > width:
+            out.append(line)
+            line = word
+        else:
+            line = f"{line} {word}" if line else word
+    if line:
+        out.append(line)
+    return out
+
+
+if __name__ == "__main__":
+    what = sys.argv[1] if len(sys.argv) > 1 else "config"
+    sys.stdout.write(render_config() if what == "config" else render_table())
