@@ -78,8 +78,9 @@ class Settings:
         group="server",
     )
     max_event_bytes: int = _opt(
-        262144,
-        "Largest data or payload section of any event we accept (no TTS event needs a payload).",
+        655360,
+        "Largest data or payload section of one event; enough for `max_text_chars` of any "
+        "script, JSON-escaped. Text events may carry no payload at all.",
         group="server",
     )
     shutdown_grace: float = _opt(

@@ -1,0 +1,196 @@
+"""Bad input gets a clear error with a stable code, and nothing else breaks.
+
+Each case talks to the real server over TCP, checks the client's answer, and
+then checks that a fresh request on another connection is still served.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import pytest
+from wyoming.event import Event, async_read_event
+from wyoming.tts import (
+    Synthesize,
+    SynthesizeChunk,
+    SynthesizeStart,
+    SynthesizeStop,
+    SynthesizeVoice,
+)
+
+from .conftest import VOICE, ServerProcess, connect, read_until, rms_dbfs
+
+
+async def still_serves(server: ServerProcess) -> None:
+    async with connect(server.uri) as client:
+        await client.write_event(Synthesize(text="Still here.").event())
+        resp = await read_until(client)
+    assert resp.types[-1] == "audio-stop"
+    assert rms_dbfs(resp.audio) > -35
+
+
+async def request_error(server: ServerProcess, event: Event) -> tuple[str | None, str]:
+    async with connect(server.uri) as client:
+        # Raw JSON (ASCII-escaped) so that even lone surrogates reach the server.
+        data = json.dumps(event.data).encode()
+        line = json.dumps({"type": event.type, "data_length": len(data)}).encode() + b"\n"
+        assert client._writer is not None
+        client._writer.write(line + data)
+        resp = await read_until(client, ("audio-stop", "error"))
+    err = resp.error
+    assert err is not None, resp.types
+    assert "audio-start" not in resp.types
+    return err.code, err.text
+
+
+@pytest.mark.parametrize(
+    ("data", "code"),
+    [
+        ({"text": "Hello.", "voice": {"name": "no-such-voice"}}, "voice-not-found"),
+        ({"text": "Hello.", "voice": {"name": "../../etc/passwd"}}, "voice-not-found"),
+        ({"text": "Hello.", "voice": {"name": "/etc/passwd"}}, "voice-not-found"),
+        ({"text": "Hello.", "voice": {"name": "a\x00b"}}, "voice-not-found"),
+        ({"text": "Hello.", "voice": {"name": "..\\x"}}, "voice-not-found"),
+        ({"text": "Hello.", "voice": {"language": "xx_XX"}}, "voice-not-found"),
+        ({"text": "Hello.", "voice": {"name": VOICE, "speaker": "nobody"}}, "speaker-not-found"),
+        ({"text": "Hello.", "voice": {"name": VOICE, "speaker": "3"}}, "speaker-not-found"),
+        ({"text": ""}, "empty-text"),
+        ({"text": "   \n\t "}, "empty-text"),
+        ({"text": "... ?! ..."}, "no-speech"),
+        ({"text": ".,; —"}, "no-speech"),
+        ({"text": "\x00\x01\x02"}, "no-speech"),
+        ({"text": "\ud800"}, "no-speech"),
+        ({"text": 42}, "bad-request"),
+        ({"text": ["a"]}, "bad-request"),
+        ({}, "bad-request"),
+        ({"text": "Hello.", "voice": "en_US-joe-medium"}, "bad-request"),
+        ({"text": "Hello.", "voice": {"name": 5}}, "bad-request"),
+        ({"text": "Hello.", "voice": {"name": VOICE, "speaker": 0}}, "bad-request"),
+        ({"text": "a" * 100_001}, "text-too-long"),
+    ],
+)
+async def test_request_errors(server: ServerProcess, data: dict[str, object], code: str) -> None:
+    got, text = await request_error(server, Event(type="synthesize", data=data))
+    assert got == code
+    assert text and "Traceback" not in text and "Error(" not in text
+    await still_serves(server)
+
+
+async def test_error_keeps_connection_usable(server: ServerProcess) -> None:
+    async with connect(server.uri) as client:
+        await client.write_event(Synthesize(text="Hi.", voice=SynthesizeVoice(name="nope")).event())
+        resp = await read_until(client, ("error",))
+        assert resp.error is not None and resp.error.code == "voice-not-found"
+        await client.write_event(SynthesizeChunk(text="orphan").event())
+        resp = await read_until(client, ("error",))
+        assert resp.error is not None and resp.error.code == "bad-sequence"
+        await client.write_event(SynthesizeStop().event())
+        resp = await read_until(client, ("error",))
+        assert resp.error is not None and resp.error.code == "bad-sequence"
+        await client.write_event(Synthesize(text="Now it works.").event())
+        resp = await read_until(client)
+        assert resp.types[-1] == "audio-stop"
+
+
+async def test_stream_restart_and_plain_after_stream(server: ServerProcess) -> None:
+    async with connect(server.uri) as client:
+        await client.write_event(SynthesizeStart().event())
+        await client.write_event(SynthesizeChunk(text="First stream that is abandoned").event())
+        await client.write_event(SynthesizeStart().event())
+        await client.write_event(SynthesizeChunk(text="Second stream.").event())
+        await client.write_event(SynthesizeStop().event())
+        resp = await read_until(client, ("synthesize-stopped",))
+        assert resp.types.count("synthesize-stopped") == 1
+        assert resp.types.count("audio-start") == resp.types.count("audio-stop")
+        await client.write_event(Synthesize(text="Plain again.").event())
+        resp = await read_until(client)
+        assert resp.types[-1] == "audio-stop"
+
+
+async def test_stream_too_long_is_stopped(server: ServerProcess) -> None:
+    async with connect(server.uri) as client:
+        await client.write_event(SynthesizeStart().event())
+        piece = "word " * 10_000  # 50,000 characters without a sentence end
+        await client.write_event(SynthesizeChunk(text=piece).event())
+        await client.write_event(SynthesizeChunk(text=piece).event())
+        await client.write_event(SynthesizeChunk(text=piece).event())
+        await client.write_event(SynthesizeStop().event())
+        resp = await read_until(client, ("synthesize-stopped",), timeout=120)
+        assert resp.error is not None and resp.error.code == "text-too-long"
+        assert resp.types.count("audio-start") == resp.types.count("audio-stop")
+    await still_serves(server)
+
+
+async def test_empty_stream_is_well_formed(server: ServerProcess) -> None:
+    async with connect(server.uri) as client:
+        await client.write_event(SynthesizeStart().event())
+        await client.write_event(SynthesizeChunk(text="  ... ").event())
+        await client.write_event(SynthesizeStop().event())
+        resp = await read_until(client, ("synthesize-stopped",))
+    assert resp.types == ["synthesize-stopped"]
+
+
+# ---------------------------------------------------------------------- framing
+
+
+async def raw_exchange(server: ServerProcess, payload: bytes, wait: float = 15.0) -> list[Event]:
+    """Send raw bytes; collect events until the server closes the connection."""
+    host, port = server.uri.removeprefix("tcp://").rsplit(":", 1)
+    reader, writer = await asyncio.open_connection(host, int(port))
+    writer.write(payload)
+    await writer.drain()
+    events: list[Event] = []
+    try:
+        async with asyncio.timeout(wait):
+            while (event := await async_read_event(reader)) is not None:
+                events.append(event)
+    finally:
+        writer.close()
+    return events
+
+
+NESTED: object = 1
+for _ in range(40):
+    NESTED = [NESTED]
+
+
+def header(obj: object) -> bytes:
+    return json.dumps(obj).encode() + b"\n"
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        b"not json at all\n",
+        b"[1, 2, 3]\n",
+        b'"a string"\n',
+        b"\xff\xfe\xfd\n",
+        header({"type": 5}),
+        header({"data": {}}),
+        header({"type": "synthesize", "data": "text"}),
+        header({"type": "synthesize", "data_length": -1}),
+        header({"type": "synthesize", "data_length": 1.5}),
+        header({"type": "synthesize", "data_length": "12"}),
+        header({"type": "synthesize", "data_length": 10**12}),
+        header({"type": "synthesize", "payload_length": 1 << 20}),
+        header({"type": "synthesize", "data": {"text": "hi"}, "payload_length": 4}) + b"abcd",
+        header({"type": "synthesize", "data_length": 5}) + b"[1,2]",
+        header({"type": "synthesize", "data": {"text": "hi", "x": NESTED}}),
+        b"{" * 100_000 + b"\n",
+        b"x" * 70_000 + b"\n",
+    ],
+)
+async def test_bad_framing_gets_bad_event_then_close(server: ServerProcess, payload: bytes) -> None:
+    events = await raw_exchange(server, payload)
+    assert [e.type for e in events] == ["error"]
+    assert events[0].data["code"] == "bad-event"
+    await still_serves(server)
+
+
+async def test_unknown_event_type_is_ignored(server: ServerProcess) -> None:
+    async with connect(server.uri) as client:
+        await client.write_event(Event(type="ping-pong-whatever", data={"x": 1}))
+        await client.write_event(Synthesize(text="Still speaking.").event())
+        resp = await read_until(client)
+    assert resp.types[0] == "audio-start"
