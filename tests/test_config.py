@@ -30,7 +30,10 @@ def test_defaults() -> None:
 
 
 def test_precedence_file_env_cli(tmp_path: Path) -> None:
-    cfg = write(tmp_path, "[pool]\nmax_voices = 5\nidle_timeout = 30.0\n[synthesis]\nsentence_silence = 0.2\n")
+    cfg = write(
+        tmp_path,
+        "[pool]\nmax_voices = 5\nidle_timeout = 30.0\n[synthesis]\nsentence_silence = 0.2\n",
+    )
     env = {"WYOMING_TTS_MAX_VOICES": "6", "WYOMING_TTS_SENTENCE_SILENCE": "0.3"}
     settings, _ = load_settings(["--config", str(cfg), "--max-voices", "7"], env)
     assert settings.max_voices == 7  # CLI beats env and file
@@ -111,11 +114,11 @@ def test_invalid_values_name_the_key(argv: list[str], env: dict[str, str], key: 
 
 
 def test_bad_file_values(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match="^max_voices: "):
+    with pytest.raises(ConfigError, match=r"^max_voices: "):
         load_settings(["--config", str(write(tmp_path, 'max_voices = "3"'))], {})
-    with pytest.raises(ConfigError, match="^nonsense: unknown setting"):
+    with pytest.raises(ConfigError, match=r"^nonsense: unknown setting"):
         load_settings(["--config", str(write(tmp_path, "nonsense = 1"))], {})
-    with pytest.raises(ConfigError, match="^config: "):
+    with pytest.raises(ConfigError, match=r"^config: "):
         load_settings(["--config", str(write(tmp_path, "max_voices = = 1"))], {})
 
 
