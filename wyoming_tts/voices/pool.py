@@ -248,7 +248,8 @@ class VoicePool:
 
     async def _make_room(self, entry: VoiceEntry) -> None:
         """Evict idle voices until one more fits by count and memory, or wait, or fail."""
-        deadline = self._clock() + self._config.load_wait_timeout
+        # Real time, not the injectable clock: this is how long a client waits.
+        deadline = time.monotonic() + self._config.load_wait_timeout
         threshold = self._config.memory_threshold_bytes
         cost = int(entry.model_size * LOAD_COST_FACTOR)
         while True:
@@ -263,7 +264,7 @@ class VoicePool:
             if count_ok and memory_ok:
                 return
             busy = [v for v in self._voices.values() if v.in_use or v.warming]
-            remaining = deadline - self._clock()
+            remaining = deadline - time.monotonic()
             if not busy or remaining <= 0:
                 if not memory_ok:
                     raise MemoryExhausted(
