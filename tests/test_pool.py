@@ -150,15 +150,15 @@ async def test_waiting_load_proceeds_when_voice_released(voices_dir, cache_dir, 
     pool, _ = make_pool(voices_dir, cache_dir, max_voices=1, load_wait_timeout=30)
     closing.append(pool)
     release = asyncio.Event()
+    holding = asyncio.Event()
 
     async def hold_a() -> None:
         async with pool.acquire("en_US-a-medium"):
+            holding.set()
             await release.wait()
 
     holder = asyncio.create_task(hold_a())
-    await asyncio.sleep(0)
-    while "en_US-a-medium" not in pool.loaded():
-        await asyncio.sleep(0.05)
+    await asyncio.wait_for(holding.wait(), 60)
     waiter = asyncio.create_task(use(pool, "en_US-b-medium"))
     await asyncio.sleep(0.3)
     assert not waiter.done()
