@@ -19,16 +19,18 @@ CHANNELS = 1
 _INT16_MAX = 32767.0
 #: Above this level the limiter bends the curve so the output never reaches full scale.
 LIMITER_KNEE = 0.9
+#: The limiter's asymptote: a hair under full scale, so no sample is ever clipped.
+LIMITER_CEILING = 0.99
 #: Seconds of fade-out at the end of an utterance, against a click if it ends off zero.
 END_FADE_SECONDS = 0.004
 
 
 def soft_limit(audio: np.ndarray, knee: float = LIMITER_KNEE) -> np.ndarray:
-    """Identity below the knee; above it a tanh curve that approaches but never passes 1."""
+    """Identity below the knee; above it a tanh curve that approaches but never reaches the ceiling."""
     out = audio.astype(np.float32, copy=True)
     over = np.abs(out) > knee
     if np.any(over):
-        span = 1.0 - knee
+        span = LIMITER_CEILING - knee
         x = out[over]
         out[over] = np.sign(x) * (knee + span * np.tanh((np.abs(x) - knee) / span))
     return out

