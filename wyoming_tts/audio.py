@@ -26,7 +26,7 @@ END_FADE_SECONDS = 0.004
 
 
 def soft_limit(audio: np.ndarray, knee: float = LIMITER_KNEE) -> np.ndarray:
-    """Identity below the knee; above it a tanh curve that approaches but never reaches the ceiling."""
+    """Identity below the knee; above it a tanh curve that never reaches the ceiling."""
     out = audio.astype(np.float32, copy=True)
     over = np.abs(out) > knee
     if np.any(over):
