@@ -215,9 +215,10 @@ class Settings:
         group="synthesis",
     )
     max_utterance_ids: int = _opt(
-        1000,
-        "Most phoneme ids per utterance; the text encoder costs grow with its square. "
-        "Lower bounds memory on run-on text; higher keeps very long sentences' prosody whole.",
+        600,
+        "Most phoneme ids per utterance (~250 characters); longer sentences are split at "
+        "clauses, then words. The text encoder's time and memory grow with its square "
+        "(600 ids: ~55 MB, 1000: ~145 MB); higher keeps very long sentences' prosody whole.",
         group="synthesis",
     )
     first_chunk_frames: int = _opt(
@@ -227,8 +228,9 @@ class Settings:
         group="synthesis",
     )
     max_chunk_frames: int = _opt(
-        800,
-        "Largest decoder chunk; bounds per-step memory.",
+        300,
+        "Largest decoder chunk in frames (~0.3 MB of working memory each, plus 64 frames of "
+        "overlap per call). Lower bounds peak memory; higher wastes less on overlap.",
         group="synthesis",
     )
     max_ahead_seconds: float = _opt(

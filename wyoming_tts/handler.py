@@ -76,6 +76,9 @@ from .voices.pool import VoicePool
 
 _LOGGER = logging.getLogger(__name__)
 
+#: After a response this long, freed decoder buffers are handed back to the OS.
+TRIM_AFTER_AUDIO_SECONDS = 20.0
+
 
 @dataclass
 class Services:
@@ -305,6 +308,8 @@ class Connection:
                     await services.synthesizer.speak(
                         voice, params, sentences, framer, self._send, stats
                     )
+            if stats.audio_seconds > TRIM_AFTER_AUDIO_SECONDS:
+                await services.pool.trim()
             if framer is not None and framer.started:
                 await self._send(framer.stop())
             elif not streaming:
@@ -327,7 +332,7 @@ class Connection:
             # Superseded or client gone: close the audio so the response stays well formed.
             if framer is not None and framer.started and not self._writer.is_closing():
                 with contextlib.suppress(Exception):
-                    await asyncio.shield(self._send(framer.stop()))
+                    await asyncio.shield(self._send(framer.stop(), timeout=1.0))
             raise
         except TtsError as err:
             await self._report(err)
@@ -379,12 +384,12 @@ class Connection:
 
     # ------------------------------------------------------------------ writing
 
-    async def _send(self, event: Event) -> None:
+    async def _send(self, event: Event, timeout: float | None = None) -> None:
         """Write one event whole; a reader that stalls past the idle timeout is dropped."""
         async with self._write_lock:
             await asyncio.wait_for(
                 async_write_event(event, self._writer),
-                timeout=self._settings.connection_idle_timeout,
+                timeout=timeout or self._settings.connection_idle_timeout,
             )
 
     async def _report(self, err: TtsError) -> None:

@@ -32,7 +32,7 @@ from typing import TypeVar
 
 import psutil
 
-from ..errors import Busy, MemoryExhausted, TtsError, VoiceLoadFailed
+from ..errors import Busy, MemoryExhausted, TtsError, VoiceLoadFailed, VoiceNotFound
 from ..synth.scheduler import Scheduler
 from .catalog import VoiceCatalog, VoiceEntry
 from .loaded import LoadedVoice, keep_alive, load_voice
@@ -175,7 +175,17 @@ class VoicePool:
                 self._changed.notify_all()
 
     async def _get(self, name: str) -> LoadedVoice:
-        entry = await self.run_io(self._catalog.get, name)
+        try:
+            entry = await self.run_io(self._catalog.get, name)
+        except VoiceNotFound:
+            loaded = self._voices.get(name)
+            if loaded is None:
+                raise
+            # Its files vanished under a loaded copy: say so, and let the copy go.
+            loaded.stale = True
+            if loaded.in_use == 0:
+                self._unload(loaded, "replaced")
+            raise VoiceLoadFailed(f"Voice '{name}' was removed from disk.") from None
         counted = False
         while True:
             voice = self._voices.get(name)
@@ -379,6 +389,10 @@ class VoicePool:
             active_requests=self._scheduler.active_requests,
             waiting_requests=self._scheduler.waiting_requests,
         )
+
+    async def trim(self) -> None:
+        """Give freed heap back to the OS after a large request."""
+        await self.run_io(_trim_heap)
 
     def loaded(self) -> dict[str, LoadedVoice]:
         return dict(self._voices)
