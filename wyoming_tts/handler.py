@@ -384,7 +384,7 @@ class Connection:
 
     # ------------------------------------------------------------------ writing
 
-    async def _send(self, event: Event, timeout: float | None = None) -> None:
+    async def _send(self, event: Event, timeout: float | None = None) -> None:  # noqa: ASYNC109
         """Write one event whole; a reader that stalls past the idle timeout is dropped."""
         async with self._write_lock:
             await asyncio.wait_for(
