@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 
 import numpy as np
@@ -159,3 +160,42 @@ async def test_audio_levels_plausible(server: ServerProcess) -> None:
         await client.write_event(Synthesize(text="Turning off the bedroom lamp.").event())
         resp = await read_until(client)
     assert np.max(np.abs(resp.audio)) < 32767
+
+
+async def test_zeroconf_registration_and_goodbye(tmp_path, cache_dir) -> None:
+    """A LAN browser (a second zeroconf stack on loopback) sees us, then sees us leave."""
+    from zeroconf import IPVersion
+    from zeroconf.asyncio import AsyncServiceInfo, AsyncZeroconf
+
+    from .test_discovery import _loopback_multicast_problem
+
+    if (problem := _loopback_multicast_problem()) is not None:
+        import pytest
+
+        pytest.skip(problem)
+    name = f"wyoming-tts-e2e-{os.getpid()}"
+    srv = ServerProcess(["--cache-dir", str(cache_dir), "--zeroconf", name])
+    srv.start(tmp_path / "log")
+    peer = AsyncZeroconf(interfaces=["127.0.0.1"], ip_version=IPVersion.V4Only)
+    try:
+        info = AsyncServiceInfo("_wyoming._tcp.local.", f"{name}._wyoming._tcp.local.")
+        found = False
+        for _ in range(10):
+            if await info.async_request(peer.zeroconf, 2000):
+                found = True
+                break
+        assert found, srv.log()
+        assert info.port == srv.port
+        assert "0.0.0.0" not in info.parsed_addresses()
+        props = info.decoded_properties
+        assert props["program"] == "wyoming-tts"
+        assert VOICE in (props["voices"] or "")
+        assert props["languages"] == "en_US"
+        assert srv.stop() == 0
+        await asyncio.sleep(2)  # goodbye packets expire cached records after 1 s
+        gone = AsyncServiceInfo("_wyoming._tcp.local.", f"{name}._wyoming._tcp.local.")
+        assert not await gone.async_request(peer.zeroconf, 1500)
+    finally:
+        await peer.async_close()
+        if srv.proc and srv.proc.poll() is None:
+            srv.stop()

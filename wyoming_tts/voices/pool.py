@@ -65,6 +65,16 @@ class PoolConfig:
 class PoolStats:
     """One snapshot for logs and health reporting."""
 
+    def __str__(self) -> str:
+        evictions = ",".join(f"{k}={v}" for k, v in sorted(self.evictions.items())) or "none"
+        return (
+            f"loaded=[{', '.join(self.loaded)}] loads={self.loads} "
+            f"load_failures={self.load_failures} load_time={self.load_seconds_total:.2f}s "
+            f"hits={self.hits} misses={self.misses} evictions={evictions} "
+            f"keep_alive={self.keep_alive_runs} rss={self.rss_bytes / 2**20:.0f}MB "
+            f"active={self.active_requests} waiting={self.waiting_requests}"
+        )
+
     loaded: tuple[str, ...]
     in_use: tuple[str, ...]
     loads: int
@@ -246,13 +256,7 @@ class VoicePool:
         self._voices[entry.name] = voice
         self._loads += 1
         self._load_seconds += voice.load_seconds
-        _LOGGER.info(
-            "Loaded voice %s in %.2f s; loaded: %s; rss %.0f MB",
-            entry.name,
-            voice.load_seconds,
-            ", ".join(self._voices),
-            self._memory_reader() / 2**20,
-        )
+        _LOGGER.info("Loaded voice %s in %.2f s; %s", entry.name, voice.load_seconds, self.stats())
         await self._enforce_memory(keep=voice)
         return voice
 
@@ -309,12 +313,7 @@ class VoicePool:
         if self._voices.get(voice.name) is voice:
             del self._voices[voice.name]
         self._evictions[reason] += 1
-        _LOGGER.info(
-            "Unloaded voice %s (%s); loaded: %s",
-            voice.name,
-            reason,
-            ", ".join(self._voices) or "none",
-        )
+        _LOGGER.info("Unloaded voice %s (%s); %s", voice.name, reason, self.stats())
 
     async def _enforce_memory(self, keep: LoadedVoice | None = None) -> None:
         threshold = self._config.memory_threshold_bytes
