@@ -36,6 +36,8 @@ REPO = Path(__file__).resolve().parent.parent
 HOST = "127.0.0.1"
 DEFAULT_VOICE = "en_US-joe-medium"
 EXTRA_VOICES = ("en_US-a-medium", "en_US-b-medium", "en_US-c-medium")
+#: A household rotating between three voices, the default among them.
+ROTATION_VOICES = (DEFAULT_VOICE, "en_US-a-medium", "en_US-b-medium")
 
 
 # ---------------------------------------------------------------------------- statistics

@@ -29,8 +29,8 @@ from typing import Any
 
 from common import (
     DEFAULT_VOICE,
-    EXTRA_VOICES,
     REPO,
+    ROTATION_VOICES,
     Result,
     RssSampler,
     Server,
@@ -197,7 +197,7 @@ async def phase_rotation(opts: Options, pair: Sequence[Server]) -> dict[str, Any
     """Requests rotating over three voices a, b, c, a, b, c ..."""
     raw: dict[str, list[Result]] = {s.label: [] for s in pair}
     for i in range(3 * opts.reps):
-        voice = EXTRA_VOICES[i % 3]
+        voice = ROTATION_VOICES[i % 3]
         for server in alternate(pair, i):
             result = await speak(server.port, SHORT_TEXT, voice=voice, timeout=opts.request_timeout)
             if not result.ok:

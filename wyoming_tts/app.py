@@ -101,7 +101,7 @@ class App:
                 await self._shutdown()
         finally:
             await self.pool.close()
-            self.scheduler.shutdown()
+            await asyncio.to_thread(self.scheduler.shutdown)
             self.phase = Phase.STOPPED
 
     def request_stop(self) -> None:
@@ -170,7 +170,7 @@ class App:
         if tasks:
             _, pending = await asyncio.wait(tasks, timeout=self.settings.shutdown_grace)
             for task in pending:
-                task.cancel()
+                self._connections[task].abort()
             if pending:
                 _LOGGER.info(
                     "Cancelled %d request(s) still running after the grace period", len(pending)

@@ -113,23 +113,30 @@ class Synthesizer:
                 start = 0
                 total = latent.num_frames
                 while start < total:
+                    margin = self.config.margin_frames
+                    remaining = total - start
                     if first_audio_at is None:
-                        frames = self.config.first_chunk_frames
+                        end = start + self.config.first_chunk_frames
                     else:
                         ahead = produced_seconds - (time.perf_counter() - first_audio_at)
-                        budget = max(0.0, ahead * SAFETY)
-                        frames = int(budget / frame_cost) - 2 * self.config.margin_frames
-                        frames = max(self.config.first_chunk_frames, frames)
-                        frames = min(self.config.max_chunk_frames, frames)
-                    end = min(total, start + frames)
+                        affordable = int(max(0.0, ahead * SAFETY) / frame_cost)
+                        if remaining <= min(affordable, self.config.max_chunk_frames + 2 * margin):
+                            # Whole is cheaper than cut (no overlap decoded twice) and costs
+                            # the memory of a maximal chunk with its margins.
+                            end = total
+                        else:
+                            frames = affordable - 2 * margin
+                            frames = max(self.config.first_chunk_frames, frames)
+                            end = start + min(self.config.max_chunk_frames, frames)
                     if total - end < self.config.first_chunk_frames:
                         end = total  # no crumbs at the end of an utterance
+                    end = min(end, total)
                     t0 = time.perf_counter()
-                    audio = await self._scheduler.run(voice.model.decode, latent, start, end)
-                    spent = time.perf_counter() - t0
-                    decoded = (end - start) + (
-                        0 if (start == 0 and end == total) else 2 * self.config.margin_frames
+                    audio = await self._scheduler.run(
+                        voice.model.decode, latent, start, end, urgent=first_audio_at is None
                     )
+                    spent = time.perf_counter() - t0
+                    decoded = min(total, end + margin) - max(0, start - margin)
                     frame_cost = 0.5 * frame_cost + 0.5 * (spent / max(1, decoded))
                     stats.decoder_calls += 1
                     if end == total:
@@ -167,9 +174,13 @@ class Synthesizer:
         run = self._scheduler.run
         async for sentence in sentences:
             stats.characters += len(sentence)
-            id_lists = await run(voice.phoneme_ids, sentence, self.config.max_utterance_ids)
+            urgent = stats.first_audio_seconds is None
+            id_lists = await run(
+                voice.phoneme_ids, sentence, self.config.max_utterance_ids, urgent=urgent
+            )
             for i, ids in enumerate(id_lists):
-                latent = await run(voice.frontend, ids, params)
+                urgent = stats.first_audio_seconds is None
+                latent = await run(voice.frontend, ids, params, urgent=urgent)
                 if latent.num_frames <= 0:
                     continue
                 stats.utterances += 1

@@ -73,6 +73,11 @@ def split_long(sentence: str, max_chars: int) -> list[str]:
     return pieces
 
 
+#: Whole texts are fed to the splitter in pieces this long: the detector rescans its
+#: pending text on every boundary, so one 100,000-character feed would be quadratic.
+FEED_CHARS = 256
+
+
 class SentenceSplitter:
     """Feeds text in any pieces; yields bounded sentences as soon as they are complete.
 
@@ -85,6 +90,10 @@ class SentenceSplitter:
         self._detector = SentenceBoundaryDetector()
 
     def add(self, chunk: str) -> Iterator[str]:
+        for i in range(0, len(chunk), FEED_CHARS):
+            yield from self._add(chunk[i : i + FEED_CHARS])
+
+    def _add(self, chunk: str) -> Iterator[str]:
         for sentence in self._detector.add_chunk(clean(chunk)):
             yield from self._bounded(sentence)
         pending = self._detector.current_sentence + self._detector.remaining_text
@@ -92,6 +101,8 @@ class SentenceSplitter:
             # A run-on with no boundary: emit what is surely complete, keep the tail.
             pieces = split_long(" ".join(pending.split()), self._max_chars)
             tail = pieces.pop()
+            if pending[-1:].isspace():
+                tail += " "  # the next chunk starts a new word
             self._detector = SentenceBoundaryDetector()
             self._detector.remaining_text = tail
             yield from pieces
@@ -108,11 +119,14 @@ class SentenceSplitter:
             yield from split_long(sentence, self._max_chars)
 
 
+def iter_sentences(normalized: str, max_chars: int) -> Iterator[str]:
+    """Sentences of an already normalised text, lazily, in linear time."""
+    splitter = SentenceSplitter(max_chars)
+    for paragraph in normalized.split("\n\n"):
+        yield from splitter.add(paragraph)
+        yield from splitter.finish()
+
+
 def split_text(text: str, max_chars: int) -> list[str]:
     """Whole-text splitting with the same rules as streamed text."""
-    splitter = SentenceSplitter(max_chars)
-    out: list[str] = []
-    for paragraph in normalize(text).split("\n\n"):
-        out.extend(splitter.add(paragraph))
-        out.extend(splitter.finish())
-    return out
+    return list(iter_sentences(normalize(text), max_chars))

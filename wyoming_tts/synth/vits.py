@@ -78,6 +78,10 @@ class VitsModel:
         self._frontend = frontend_session
         self._decoder = decoder_session
         self._split = split
+        # With the CPU arena on, each run shrinks it afterwards: the arena's speed inside a
+        # run (~10% on the decoder) without holding its peak between runs.
+        self._run_options = onnxruntime.RunOptions()
+        self._run_options.add_run_config_entry("memory.enable_memory_arena_shrinkage", "cpu:0")
         self._frontend_inputs = frozenset(i.name for i in frontend_session.get_inputs())
         self._frontend_outputs = [o.name for o in frontend_session.get_outputs()]
 
@@ -145,11 +149,19 @@ class VitsModel:
         feeds = self._feeds(phoneme_ids, scales, speaker_id)
         if not self.splittable:
             audio = _readonly(
-                self._frontend.run(None, feeds)[0].reshape(-1).astype(np.float32, copy=False)
+                self._frontend.run(None, feeds, self._run_options)[0]
+                .reshape(-1)
+                .astype(np.float32, copy=False)
             )
             return Latent(num_frames=math.ceil(audio.shape[0] / self.hop_length), audio=audio)
         assert self._split is not None
-        results = dict(zip(self._frontend_outputs, self._frontend.run(None, feeds), strict=True))
+        results = dict(
+            zip(
+                self._frontend_outputs,
+                self._frontend.run(None, feeds, self._run_options),
+                strict=True,
+            )
+        )
         z = _readonly(results[self._split.z_name])
         mask = _readonly(results[self._split.mask_name])
         g = _readonly(results[self._split.g_name]) if self._split.g_name else None
@@ -182,7 +194,7 @@ class VitsModel:
             feeds[self._split.mask_name] = latent.mask[:, :, lo:hi]
         if self._split.g_name is not None and latent.g is not None:
             feeds[self._split.g_name] = latent.g
-        audio: FloatArray = self._decoder.run(None, feeds)[0].reshape(-1)
+        audio: FloatArray = self._decoder.run(None, feeds, self._run_options)[0].reshape(-1)
         return audio
 
     def full(

@@ -163,7 +163,8 @@ class VoicePool:
         for task in self._loading.values():
             task.cancel()
         self._voices.clear()
-        self._io.shutdown(wait=False, cancel_futures=True)
+        # Wait for a load in progress: a thread inside onnxruntime must not outlive us.
+        await asyncio.to_thread(self._io.shutdown, wait=True, cancel_futures=True)
 
     # ------------------------------------------------------------------ requests
 
