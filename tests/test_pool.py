@@ -354,3 +354,32 @@ async def test_busy_beyond_queue_and_voice_added_while_running(tmp_path, cache_d
             assert resp.types[-1] == "audio-stop"
     finally:
         assert srv.stop() == 0
+
+
+def test_speakers_by_name_or_id_and_info() -> None:
+    from wyoming_tts.errors import SpeakerNotFound
+    from wyoming_tts.info import build_info
+    from wyoming_tts.voices.catalog import VoiceEntry, parse_voice_config
+
+    raw = {
+        "audio": {"sample_rate": 22050, "quality": "medium"},
+        "num_speakers": 3,
+        "speaker_id_map": {"alice": 0, "bob": 1, "carol": 2},
+        "language": {"code": "en_GB"},
+        "dataset": "trio",
+        "phoneme_id_map": {"a": [1]},
+        "piper_version": "1.0.0",
+    }
+    info = parse_voice_config("en_GB-trio-medium", raw)
+    assert info.resolve_speaker("bob") == 1
+    assert info.resolve_speaker("2") == 2
+    assert info.resolve_speaker(None) is None
+    for bad in ("dave", "3", "-1"):
+        with pytest.raises(SpeakerNotFound):
+            info.resolve_speaker(bad)
+    entry = VoiceEntry("en_GB-trio-medium", Path("x.onnx"), Path("x.onnx.json"), 0, 0, 0, info)
+    voice = build_info({entry.name: entry}, streaming=False).tts[0]
+    assert not voice.supports_synthesize_streaming
+    assert voice.voices[0].languages == ["en_GB"]
+    assert [s.name for s in voice.voices[0].speakers or []] == ["alice", "bob", "carol"]
+    assert voice.voices[0].version == "1.0.0"

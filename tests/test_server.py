@@ -16,7 +16,7 @@ from wyoming.tts import (
     SynthesizeVoice,
 )
 
-from .conftest import VOICE, ServerProcess, connect, read_until, rms_dbfs
+from .conftest import VOICE, ServerProcess, connect, link_voice, read_until, rms_dbfs
 
 SHORT = "Hello! The kitchen lights are now on."
 # Plausible speaking rate for this voice: ~10-20 characters per second of audio.
@@ -174,7 +174,11 @@ async def test_zeroconf_registration_and_goodbye(tmp_path, cache_dir) -> None:
 
         pytest.skip(problem)
     name = f"wyoming-tts-e2e-{os.getpid()}"
-    srv = ServerProcess(["--cache-dir", str(cache_dir), "--zeroconf", name])
+    data = tmp_path / "data"
+    data.mkdir()
+    srv = ServerProcess(
+        ["--cache-dir", str(cache_dir), "--zeroconf", name, "--data-dir", str(data)]
+    )
     srv.start(tmp_path / "log")
     peer = AsyncZeroconf(interfaces=["127.0.0.1"], ip_version=IPVersion.V4Only)
     try:
@@ -191,6 +195,18 @@ async def test_zeroconf_registration_and_goodbye(tmp_path, cache_dir) -> None:
         assert props["program"] == "wyoming-tts"
         assert VOICE in (props["voices"] or "")
         assert props["languages"] == "en_US"
+        # A voice copied in shows up in the TXT record after the next Describe.
+        link_voice(data, "en_GB-added-medium")
+        async with connect(srv.uri) as client:
+            await client.write_event(Describe().event())
+            await read_until(client, ("info",))
+        for _ in range(20):
+            fresh = AsyncServiceInfo("_wyoming._tcp.local.", f"{name}._wyoming._tcp.local.")
+            await fresh.async_request(peer.zeroconf, 1000)
+            if "en_GB-added-medium" in (fresh.decoded_properties.get("voices") or ""):
+                break
+            await asyncio.sleep(0.2)
+        assert "en_GB-added-medium" in (fresh.decoded_properties.get("voices") or "")
         assert srv.stop() == 0
         await asyncio.sleep(2)  # goodbye packets expire cached records after 1 s
         gone = AsyncServiceInfo("_wyoming._tcp.local.", f"{name}._wyoming._tcp.local.")

@@ -14,6 +14,7 @@ import enum
 import logging
 import signal
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -25,7 +26,7 @@ from .handler import Connection, Services
 from .info import PROGRAM_NAME, voice_languages
 from .synth.engine import EngineConfig, Synthesizer
 from .synth.scheduler import Scheduler
-from .voices.catalog import VoiceCatalog
+from .voices.catalog import VoiceCatalog, VoiceEntry
 from .voices.pool import PoolConfig, VoicePool
 
 _LOGGER = logging.getLogger(__name__)
@@ -79,6 +80,7 @@ class App:
         self._connections: dict[asyncio.Task[None], Connection] = {}
         self._server: asyncio.Server | None = None
         self._stop = asyncio.Event()
+        self._announcer: Discovery | None = None
 
     # ------------------------------------------------------------------ phases
 
@@ -89,7 +91,8 @@ class App:
             async with contextlib.AsyncExitStack() as stack:
                 await self._listen()
                 if self.settings.zeroconf:
-                    await stack.enter_async_context(await self._discovery())
+                    self._announcer = await stack.enter_async_context(await self._discovery())
+                    self.services.voices_seen = self._voices_seen
                 self.pool.start_maintenance()
                 self._install_signals()
                 self.phase = Phase.SERVING
@@ -141,6 +144,15 @@ class App:
             return None
         return int(self._server.sockets[0].getsockname()[1])
 
+    async def _voices_seen(self, entries: Mapping[str, VoiceEntry]) -> None:
+        """Re-announce the TXT record when the installed voices changed."""
+        if self._announcer is None:
+            return
+        properties = _txt(entries)
+        if properties != self._announcer.properties:
+            with contextlib.suppress(Exception):
+                await self._announcer.update(properties)
+
     async def _discovery(self) -> Discovery:
         entries = await self.pool.entries(force=True)
         parsed = urlparse(self.settings.uri)
@@ -148,9 +160,7 @@ class App:
         return Discovery(
             name=self.settings.zeroconf or PROGRAM_NAME,
             port=port,
-            properties=txt_properties(
-                PROGRAM_NAME, __version__, sorted(entries), voice_languages(entries)
-            ),
+            properties=_txt(entries),
             host=parsed.hostname,
         )
 
@@ -229,6 +239,10 @@ async def _refuse(writer: asyncio.StreamWriter, peer: str, limit: int) -> None:
             timeout=2.0,
         )
     writer.close()
+
+
+def _txt(entries: Mapping[str, VoiceEntry]) -> dict[str, str]:
+    return txt_properties(PROGRAM_NAME, __version__, sorted(entries), voice_languages(entries))
 
 
 def _unlink(path: Path) -> None:

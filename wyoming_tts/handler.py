@@ -39,7 +39,7 @@ import contextlib
 import enum
 import logging
 import socket
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -72,6 +72,7 @@ from .protocol import EventReader, IdleTimeout
 from .synth.engine import SpeechStats, Synthesizer
 from .synth.scheduler import Scheduler
 from .synth.text import SentenceSplitter, add_punctuation, iter_sentences, normalize
+from .voices.catalog import VoiceEntry
 from .voices.pool import VoicePool
 
 _LOGGER = logging.getLogger(__name__)
@@ -88,6 +89,8 @@ class Services:
     pool: VoicePool
     synthesizer: Synthesizer
     scheduler: Scheduler
+    #: Told the installed voices after each Describe rescan (the app re-announces mDNS TXT).
+    voices_seen: Callable[[Mapping[str, VoiceEntry]], Awaitable[None]] | None = None
 
 
 @dataclass(frozen=True)
@@ -193,6 +196,8 @@ class Connection:
         if Describe.is_type(kind):
             entries = await self._services.pool.entries(force=True)
             await self._send(build_info(entries, self._settings.streaming).event())
+            if self._services.voices_seen is not None:
+                await self._services.voices_seen(entries)
             return
         if kind not in ("synthesize", "synthesize-start", "synthesize-chunk", "synthesize-stop"):
             _LOGGER.debug("Ignoring %s event from %s", kind, self._peer)
