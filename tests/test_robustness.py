@@ -325,3 +325,93 @@ def test_unix_socket_and_stdio(tmp_path: Path, cache_dir: Path) -> None:
         unix.terminate()
         assert unix.wait(timeout=30) == 0
     assert not sock.exists()
+
+
+async def test_memory_given_back_after_burst(tight: ServerProcess) -> None:
+    """After long and hostile requests, resident memory returns near its steady state."""
+    for _ in range(2):
+        await still_serves(tight)
+    steady = rss(tight)
+    async with connect(tight.uri) as client:
+        for text in (PROSE * 8, " ".join(["on and on the road went"] * 120)):
+            await client.write_event(Synthesize(text=text).event())
+            resp = await read_until(client, timeout=240)
+            assert resp.types[-1] == "audio-stop"
+    await raw_hostile(tight)
+    await still_serves(tight)
+    await asyncio.sleep(1.0)
+    after = rss(tight)
+    assert after <= steady * 1.10, f"steady {steady / MB:.0f} MB, after burst {after / MB:.0f} MB"
+
+
+async def raw_hostile(srv: ServerProcess) -> None:
+    reader, writer = await open_raw(srv)
+    writer.write(b"{" * 60_000 + b"\n")
+    await writer.drain()
+    async with asyncio.timeout(20):
+        await reader.read()
+    writer.close()
+
+
+async def test_exception_in_one_synthesis_fails_only_that_request(
+    cache_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A bug inside one synthesis: that client gets internal-error, everyone else is served."""
+    from wyoming_tts.app import App
+    from wyoming_tts.config import load_settings
+
+    from .conftest import free_port
+
+    port = free_port()
+    settings, _ = load_settings(
+        [
+            "--uri",
+            f"tcp://127.0.0.1:{port}",
+            "--cache-dir",
+            str(cache_dir),
+            "--keep-alive-interval",
+            "0",
+        ],
+        {},
+    )
+    app = App(settings)
+    real_speak = app.synthesizer.speak
+
+    async def flaky_speak(voice, params, sentences, framer, send, stats):  # type: ignore[no-untyped-def]
+        async def checked():  # type: ignore[no-untyped-def]
+            async for sentence in sentences:
+                if "explode" in sentence:
+                    raise RuntimeError("simulated bug")
+                yield sentence
+
+        await real_speak(voice, params, checked(), framer, send, stats)
+
+    app.synthesizer.speak = flaky_speak  # type: ignore[method-assign]
+    runner = asyncio.create_task(app.run())
+    try:
+        uri = f"tcp://127.0.0.1:{port}"
+        for _ in range(600):
+            if app.bound_port:
+                break
+            await asyncio.sleep(0.05)
+        async with connect(uri) as bad, connect(uri) as good:
+            await bad.write_event(Synthesize(text="Please explode now.").event())
+            await good.write_event(Synthesize(text="I am fine.").event())
+            bad_resp = await read_until(bad, ("error", "audio-stop"))
+            good_resp = await read_until(good)
+            assert bad_resp.error is not None and bad_resp.error.code == "internal-error"
+            assert "simulated" not in bad_resp.error.text
+            assert rms_dbfs(good_resp.audio) > -35
+            await bad.write_event(Synthesize(text="And now I am fine too.").event())
+            assert (await read_until(bad)).types[-1] == "audio-stop"
+        assert (
+            sum(
+                "simulated bug" in r.getMessage()
+                or (r.exc_info and "simulated" in str(r.exc_info[1]))
+                for r in caplog.records
+            )
+            == 1
+        )
+    finally:
+        app.request_stop()
+        await asyncio.wait_for(runner, 30)

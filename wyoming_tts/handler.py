@@ -77,9 +77,6 @@ from .voices.pool import VoicePool
 
 _LOGGER = logging.getLogger(__name__)
 
-#: After a response this long, freed decoder buffers are handed back to the OS.
-TRIM_AFTER_AUDIO_SECONDS = 20.0
-
 
 @dataclass
 class Services:
@@ -329,8 +326,6 @@ class Connection:
                     await services.synthesizer.speak(
                         voice, params, sentences, framer, self._send, stats
                     )
-            if stats.audio_seconds > TRIM_AFTER_AUDIO_SECONDS:
-                await services.pool.trim()
             if framer is not None and framer.started:
                 await self._send(framer.stop())
             elif not streaming:
@@ -367,6 +362,8 @@ class Connection:
             with contextlib.suppress(Exception):
                 await self._send(InternalError("Synthesis failed on the server.").to_event())
         finally:
+            with contextlib.suppress(Exception):
+                await services.pool.trim()  # decoder buffers back to the OS
             if self._state in (State.SPEAKING, State.FINISHING):
                 self._state = State.IDLE
             if self._closing:

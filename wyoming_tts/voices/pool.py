@@ -40,6 +40,8 @@ from .loaded import LoadedVoice, keep_alive, load_voice
 _LOGGER = logging.getLogger(__name__)
 T = TypeVar("T")
 
+#: Seconds between heap trims after responses (a trim walks the heap: ~1-5 ms).
+TRIM_INTERVAL = 1.0
 #: Resident bytes a loaded voice costs per byte of model file (measured on medium voices).
 LOAD_COST_FACTOR = 1.6
 
@@ -122,6 +124,7 @@ class VoicePool:
         self._keep_alive_runs = 0
         self._maintenance: asyncio.Task[None] | None = None
         self._reserved = 0  # loads past _make_room, not yet in _voices
+        self._trimmed_at = 0.0
 
     # ------------------------------------------------------------------ I/O helpers
 
@@ -258,6 +261,7 @@ class VoicePool:
         self._loads += 1
         self._load_seconds += voice.load_seconds
         _LOGGER.info("Loaded voice %s in %.2f s; %s", entry.name, voice.load_seconds, self.stats())
+        await self.run_io(_trim_heap)  # loading leaves ~100 MB of freed parse buffers
         await self._enforce_memory(keep=voice)
         return voice
 
@@ -391,11 +395,24 @@ class VoicePool:
         )
 
     async def trim(self) -> None:
-        """Give freed heap back to the OS after a large request."""
+        """Give freed heap back to the OS (glibc keeps it otherwise); at most once a second."""
+        now = time.monotonic()
+        if now - self._trimmed_at < TRIM_INTERVAL:
+            return
+        self._trimmed_at = now
         await self.run_io(_trim_heap)
 
     def loaded(self) -> dict[str, LoadedVoice]:
         return dict(self._voices)
+
+
+def limit_malloc_arenas(count: int = 2) -> None:
+    """Fewer glibc heaps: each worker thread otherwise gets its own, and each keeps its peak."""
+    name = ctypes.util.find_library("c")
+    if name is None:
+        return
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(name).mallopt(-8, count)  # M_ARENA_MAX
 
 
 def _trim_heap() -> None:
