@@ -415,3 +415,30 @@ async def test_exception_in_one_synthesis_fails_only_that_request(
     finally:
         app.request_stop()
         await asyncio.wait_for(runner, 30)
+
+
+async def test_abandoned_stream_is_closed(tight: ServerProcess) -> None:
+    """A stream whose client goes quiet (or half-closes) never holds its slot forever."""
+    from wyoming.tts import SynthesizeStart
+
+    reader, writer = await open_raw(tight)
+    for event in (SynthesizeStart().event(), SynthesizeChunk(text="Half a sentence").event()):
+        data = json.dumps(event.data).encode()
+        header = (
+            {"type": event.type, "data_length": len(data)}
+            if data != b"{}"
+            else {"type": event.type}
+        )
+        writer.write(json.dumps(header).encode() + b"\n" + (data if data != b"{}" else b""))
+    await writer.drain()
+    async with asyncio.timeout(20):
+        assert await reader.read() == b""  # idle timeout applies while waiting for text
+    writer.close()
+    reader, writer = await open_raw(tight)
+    start = SynthesizeStart().event()
+    writer.write(json.dumps({"type": start.type}).encode() + b"\n")
+    writer.write_eof()
+    async with asyncio.timeout(20):
+        assert await reader.read() == b""
+    writer.close()
+    await still_serves(tight)

@@ -138,7 +138,9 @@ class Connection:
     async def run(self) -> None:
         try:
             while not self._closing:
-                idle = None if self._busy() else self._settings.connection_idle_timeout
+                # A stream waiting for text is idle too: only audio in flight stops the clock.
+                speaking = self._state in (State.SPEAKING, State.FINISHING) and self._busy()
+                idle = None if speaking else self._settings.connection_idle_timeout
                 try:
                     event = await self._events.read(idle_timeout=idle)
                 except IdleTimeout:
@@ -148,7 +150,10 @@ class Connection:
                     await self._report(err)
                     break
                 if event is None:
-                    # Peer finished sending: let a running request finish (or fail on write).
+                    # Peer finished sending: let a running request finish (or fail on write);
+                    # a stream that never got its synthesize-stop is abandoned.
+                    if self._state is State.STREAMING:
+                        await self._cancel_task()
                     if self._task is not None:
                         with contextlib.suppress(asyncio.CancelledError):
                             await self._task
