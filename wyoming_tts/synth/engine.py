@@ -19,7 +19,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections import deque
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 
@@ -28,7 +27,7 @@ from wyoming.event import Event
 from ..audio import AudioFramer, fade_out, silence, to_pcm16
 from ..voices.loaded import LoadedVoice, SynthParams
 from .scheduler import Scheduler
-from .vits import FloatArray, Latent
+from .vits import Latent
 
 #: Starting guess of decoder seconds per frame, replaced by measurement after each call.
 INITIAL_FRAME_COST = 0.0008
@@ -65,25 +64,6 @@ class SpeechStats:
 
 
 @dataclass
-class _Progress:
-    """Where one response stands against real-time playback."""
-
-    started: float
-    first_audio_at: float | None = None
-    produced_seconds: float = 0.0
-    frame_cost: float = INITIAL_FRAME_COST
-
-
-@dataclass
-class _Chunk:
-    task: asyncio.Task[FloatArray]
-    start: int
-    end: int
-    window: int
-    submitted: float
-
-
-@dataclass
 class _Utterance:
     latent: Latent
     starts_sentence: bool
@@ -111,7 +91,10 @@ class Synthesizer:
         the first audio, so a request that turns out to have nothing to say can
         still be answered with an error instead.
         """
-        progress = _Progress(started=time.perf_counter())
+        started = time.perf_counter()
+        frame_cost = INITIAL_FRAME_COST
+        first_audio_at: float | None = None
+        produced_seconds = 0.0
         first_sentence = True
         utterances = self._utterances(voice, params, sentences, stats)
         pending: asyncio.Task[_Utterance | None] = asyncio.create_task(_next(utterances))
@@ -122,11 +105,54 @@ class Synthesizer:
                     break
                 # Next utterance's phonemes + frontend run while this one decodes.
                 pending = asyncio.create_task(_next(utterances))
-                prefix = b""
+                latent = current.latent
+                pcm_prefix = b""
                 if current.starts_sentence and not first_sentence and self.config.sentence_silence:
-                    prefix = silence(self.config.sentence_silence, voice.sample_rate)
+                    pcm_prefix = silence(self.config.sentence_silence, voice.sample_rate)
                 first_sentence = False
-                await self._decode(voice, current.latent, prefix, progress, framer, send, stats)
+                start = 0
+                total = latent.num_frames
+                while start < total:
+                    margin = self.config.margin_frames
+                    remaining = total - start
+                    if first_audio_at is None:
+                        end = start + self.config.first_chunk_frames
+                    else:
+                        ahead = produced_seconds - (time.perf_counter() - first_audio_at)
+                        affordable = int(max(0.0, ahead * SAFETY) / frame_cost)
+                        if remaining <= min(affordable, self.config.max_chunk_frames + 2 * margin):
+                            # Whole is cheaper than cut (no overlap decoded twice) and costs
+                            # the memory of a maximal chunk with its margins.
+                            end = total
+                        else:
+                            frames = affordable - 2 * margin
+                            frames = max(self.config.first_chunk_frames, frames)
+                            end = start + min(self.config.max_chunk_frames, frames)
+                    if total - end < self.config.first_chunk_frames:
+                        end = total  # no crumbs at the end of an utterance
+                    end = min(end, total)
+                    t0 = time.perf_counter()
+                    audio = await self._scheduler.run(
+                        voice.model.decode, latent, start, end, urgent=first_audio_at is None
+                    )
+                    spent = time.perf_counter() - t0
+                    decoded = min(total, end + margin) - max(0, start - margin)
+                    frame_cost = 0.5 * frame_cost + 0.5 * (spent / max(1, decoded))
+                    stats.decoder_calls += 1
+                    if end == total:
+                        audio = fade_out(audio, voice.sample_rate)
+                    pcm = pcm_prefix + to_pcm16(audio, voice.gain)
+                    pcm_prefix = b""
+                    if first_audio_at is None:
+                        start_event = framer.start()
+                        if start_event is not None:
+                            await send(start_event)
+                        first_audio_at = time.perf_counter()
+                        stats.first_audio_seconds = first_audio_at - started
+                    for event in framer.push(pcm):
+                        await send(event)
+                    produced_seconds += len(pcm) / 2 / voice.sample_rate
+                    start = end
             for event in framer.flush():
                 await send(event)
         finally:
@@ -135,99 +161,8 @@ class Synthesizer:
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await pending
             await utterances.aclose()
-            stats.total_seconds = time.perf_counter() - progress.started
+            stats.total_seconds = time.perf_counter() - started
             stats.audio_seconds = framer.seconds_sent
-
-    async def _decode(
-        self,
-        voice: LoadedVoice,
-        latent: Latent,
-        prefix: bytes,
-        progress: _Progress,
-        framer: AudioFramer,
-        send: EventSink,
-        stats: SpeechStats,
-    ) -> None:
-        """Decode one utterance in scheduled chunks, two in flight while they are small.
-
-        Chunks of one latent are independent, so while the first small chunk is
-        computed the next can be too, on another core; the pair is capped at
-        the size of one maximal chunk, so peak memory stays that of one chunk.
-        """
-        total = latent.num_frames
-        margin = self.config.margin_frames
-        window_cap = self.config.max_chunk_frames + 2 * margin
-        inflight: deque[_Chunk] = deque()
-        start = 0
-        try:
-            while start < total or inflight:
-                while start < total and len(inflight) < 2:
-                    in_flight_frames = sum(c.window for c in inflight)
-                    end = self._plan(start, total, progress, inflight, voice)
-                    window = min(total, end + margin) - max(0, start - margin)
-                    if inflight and in_flight_frames + window > window_cap:
-                        break
-                    urgent = progress.first_audio_at is None and not inflight
-                    task = asyncio.create_task(
-                        self._scheduler.run(voice.model.decode, latent, start, end, urgent=urgent)
-                    )
-                    inflight.append(_Chunk(task, start, end, window, time.perf_counter()))
-                    start = end
-                chunk = inflight.popleft()
-                audio = await chunk.task
-                spent = time.perf_counter() - chunk.submitted
-                progress.frame_cost = 0.5 * progress.frame_cost + 0.5 * (spent / chunk.window)
-                stats.decoder_calls += 1
-                if chunk.end == total:
-                    audio = fade_out(audio, voice.sample_rate)
-                pcm = prefix + to_pcm16(audio, voice.gain)
-                prefix = b""
-                if progress.first_audio_at is None:
-                    start_event = framer.start()
-                    if start_event is not None:
-                        await send(start_event)
-                    progress.first_audio_at = time.perf_counter()
-                    stats.first_audio_seconds = progress.first_audio_at - progress.started
-                for event in framer.push(pcm):
-                    await send(event)
-                progress.produced_seconds += len(pcm) / 2 / voice.sample_rate
-        finally:
-            for chunk in inflight:
-                chunk.task.cancel()
-            for chunk in inflight:
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await chunk.task
-
-    def _plan(
-        self,
-        start: int,
-        total: int,
-        progress: _Progress,
-        inflight: deque[_Chunk],
-        voice: LoadedVoice,
-    ) -> int:
-        """End frame of the next chunk: small first, then as large as playback allows."""
-        margin = self.config.margin_frames
-        remaining = total - start
-        if progress.first_audio_at is None and not inflight:
-            end = start + self.config.first_chunk_frames
-        else:
-            # Audio ahead of real-time playback once the chunks in flight are out.
-            queued = sum(c.end - c.start for c in inflight) * voice.hop_length / voice.sample_rate
-            played = (
-                time.perf_counter() - progress.first_audio_at if progress.first_audio_at else 0.0
-            )
-            ahead = progress.produced_seconds + queued - played
-            affordable = int(max(0.0, ahead * SAFETY) / progress.frame_cost)
-            if remaining <= min(affordable, self.config.max_chunk_frames + 2 * margin):
-                # Whole is cheaper than cut (no overlap decoded twice) and costs the
-                # memory of a maximal chunk with its margins.
-                return total
-            frames = max(self.config.first_chunk_frames, affordable - 2 * margin)
-            end = start + min(self.config.max_chunk_frames, frames)
-        if total - end < self.config.first_chunk_frames:
-            end = total  # no crumbs at the end of an utterance
-        return min(end, total)
 
     async def _utterances(
         self,
