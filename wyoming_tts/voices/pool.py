@@ -400,7 +400,8 @@ class VoicePool:
         if now - self._trimmed_at < TRIM_INTERVAL:
             return
         self._trimmed_at = now
-        await self.run_io(_trim_heap)
+        # Not on the I/O thread: the next request's catalog lookup must not queue behind it.
+        await asyncio.to_thread(_trim_heap)
 
     def loaded(self) -> dict[str, LoadedVoice]:
         return dict(self._voices)
