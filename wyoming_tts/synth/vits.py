@@ -67,6 +67,7 @@ class VitsModel:
         decoder_session: onnxruntime.InferenceSession | None,
         split: SplitModel | None,
         margin: int = MARGIN_FRAMES,
+        shrink_arena: bool = False,
     ) -> None:
         if hop_length <= 0:
             raise ValueError(f"hop_length must be positive, got {hop_length}")
@@ -81,7 +82,8 @@ class VitsModel:
         # With the CPU arena on, each run shrinks it afterwards: the arena's speed inside a
         # run (~10% on the decoder) without holding its peak between runs.
         self._run_options = onnxruntime.RunOptions()
-        self._run_options.add_run_config_entry("memory.enable_memory_arena_shrinkage", "cpu:0")
+        if shrink_arena:  # onnxruntime rejects the entry when the session has no arena
+            self._run_options.add_run_config_entry("memory.enable_memory_arena_shrinkage", "cpu:0")
         self._frontend_inputs = frozenset(i.name for i in frontend_session.get_inputs())
         self._frontend_outputs = [o.name for o in frontend_session.get_outputs()]
 
@@ -112,6 +114,7 @@ class VitsModel:
                     ),
                     split=split,
                     margin=margin,
+                    shrink_arena=session_options.enable_cpu_mem_arena,
                 )
                 problem = model._probe()
             except Exception as err:  # e.g. a damaged cache file; the whole model still works
@@ -134,6 +137,7 @@ class VitsModel:
             decoder_session=None,
             split=None,
             margin=margin,
+            shrink_arena=session_options.enable_cpu_mem_arena,
         )
 
     def frontend(
