@@ -160,3 +160,17 @@ def test_stream_without_boundaries_is_bounded() -> None:
     out.extend(splitter.finish())
     assert all(len(p) <= 100 for p in out)
     assert sum(p.count("word") for p in out) == 2000
+
+
+def test_sessions_without_arena_still_decode(voice: LoadedVoice, cache_dir: Path) -> None:
+    """Arena shrinking is only requested where there is an arena to shrink."""
+    from wyoming_tts.synth.vits import VitsModel
+    from wyoming_tts.voices.loaded import session_options
+
+    opts = session_options(1)
+    opts.enable_cpu_mem_arena = False
+    model = VitsModel.load(voice.entry.model_path, cache_dir, opts, voice.hop_length)
+    assert model.splittable
+    ids = voice.phoneme_ids("Short test.", 600)[0]
+    latent = model.frontend(ids, (0.0, 1.0, 0.0), None)
+    assert model.decode(latent, 0, latent.num_frames).size == latent.num_frames * voice.hop_length
