@@ -9,7 +9,7 @@ from collections.abc import Sequence
 
 from .app import App, StartupError, configure_logging
 from .config import ConfigError, load_settings
-from .voices.pool import limit_malloc_arenas
+from .voices.pool import tune_malloc
 
 _LOGGER = logging.getLogger("wyoming_tts")
 
@@ -20,7 +20,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as err:
         print(f"wyoming-tts: invalid setting {err}", file=sys.stderr)
         return 2
-    limit_malloc_arenas()  # before any worker thread exists
+    tune_malloc()  # before any worker thread exists
     configure_logging(settings)
     for warning in warnings:
         _LOGGER.warning(warning)

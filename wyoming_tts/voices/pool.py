@@ -407,13 +407,28 @@ class VoicePool:
         return dict(self._voices)
 
 
-def limit_malloc_arenas(count: int = 2) -> None:
-    """Fewer glibc heaps: each worker thread otherwise gets its own, and each keeps its peak."""
+#: glibc mallopt parameters.
+_M_ARENA_MAX = -8
+_M_MMAP_THRESHOLD = -3
+#: Blocks this large are mapped and unmapped on their own, so freed decoder buffers
+#: leave the process at once (glibc otherwise raises this threshold after the first
+#: large free and keeps later ones on its heap: +150 MB resident while speaking).
+MMAP_THRESHOLD = 1 << 20
+
+
+def tune_malloc(arenas: int = 2) -> None:
+    """Make glibc give model buffers back: few heaps, large blocks always mapped.
+
+    Measured speaking 6,000 characters in-process: peak resident memory over idle
+    +153 MB before, +81 MB after (+44 MB with 100-frame chunks), same speed.
+    """
     name = ctypes.util.find_library("c")
     if name is None:
         return
     with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL(name).mallopt(-8, count)  # M_ARENA_MAX
+        libc = ctypes.CDLL(name)
+        libc.mallopt(_M_ARENA_MAX, arenas)
+        libc.mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD)
 
 
 def _trim_heap() -> None:
