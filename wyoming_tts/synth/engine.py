@@ -189,8 +189,3 @@ class Synthesizer:
 
 async def _next(gen: AsyncGenerator[_Utterance, None]) -> _Utterance | None:
     return await anext(gen, None)
-
-
-async def iterate(items: list[str]) -> AsyncIterator[str]:
-    for item in items:
-        yield item

@@ -18,8 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
-import ctypes.util
 import logging
 import time
 from collections import Counter, OrderedDict
@@ -30,9 +28,8 @@ from functools import partial
 from pathlib import Path
 from typing import TypeVar
 
-import psutil
-
 from ..errors import Busy, MemoryExhausted, TtsError, VoiceLoadFailed, VoiceNotFound
+from ..memory import process_rss, trim_heap
 from ..synth.scheduler import Scheduler
 from .catalog import VoiceCatalog, VoiceEntry
 from .loaded import LoadedVoice, keep_alive, load_voice
@@ -44,10 +41,6 @@ T = TypeVar("T")
 TRIM_INTERVAL = 1.0
 #: Resident bytes a loaded voice costs per byte of model file (measured on medium voices).
 LOAD_COST_FACTOR = 1.6
-
-
-def process_rss() -> int:
-    return int(psutil.Process().memory_info().rss)
 
 
 @dataclass(frozen=True)
@@ -261,7 +254,7 @@ class VoicePool:
         self._loads += 1
         self._load_seconds += voice.load_seconds
         _LOGGER.info("Loaded voice %s in %.2f s; %s", entry.name, voice.load_seconds, self.stats())
-        await self.run_io(_trim_heap)  # loading leaves ~100 MB of freed parse buffers
+        await self.run_io(trim_heap)  # loading leaves ~100 MB of freed parse buffers
         await self._enforce_memory(keep=voice)
         return voice
 
@@ -278,7 +271,7 @@ class VoicePool:
             memory_ok = True
             if threshold > 0:
                 while self._memory_reader() + cost > threshold and self._evict_one("memory"):
-                    await self.run_io(_trim_heap)
+                    await self.run_io(trim_heap)
                 memory_ok = self._memory_reader() + cost <= threshold
             if count_ok and memory_ok:
                 return
@@ -329,7 +322,7 @@ class VoicePool:
             if not candidates:
                 return
             self._unload(min(candidates, key=lambda v: v.last_used), "memory")
-            await self.run_io(_trim_heap)
+            await self.run_io(trim_heap)
 
     # ------------------------------------------------------------------ maintenance
 
@@ -349,7 +342,7 @@ class VoicePool:
             for voice in self._evictable():
                 if now - voice.last_used >= idle_timeout:
                     self._unload(voice, "idle")
-                    await self.run_io(_trim_heap)
+                    await self.run_io(trim_heap)
         await self._enforce_memory()
         interval = self._config.keep_alive_interval
         if interval > 0:
@@ -401,40 +394,7 @@ class VoicePool:
             return
         self._trimmed_at = now
         # Not on the I/O thread: the next request's catalog lookup must not queue behind it.
-        await asyncio.to_thread(_trim_heap)
+        await asyncio.to_thread(trim_heap)
 
     def loaded(self) -> dict[str, LoadedVoice]:
         return dict(self._voices)
-
-
-#: glibc mallopt parameters.
-_M_ARENA_MAX = -8
-_M_MMAP_THRESHOLD = -3
-#: Blocks this large are mapped and unmapped on their own, so freed decoder buffers
-#: leave the process at once (glibc otherwise raises this threshold after the first
-#: large free and keeps later ones on its heap: +150 MB resident while speaking).
-MMAP_THRESHOLD = 1 << 20
-
-
-def tune_malloc(arenas: int = 2) -> None:
-    """Make glibc give model buffers back: few heaps, large blocks always mapped.
-
-    Measured speaking 6,000 characters in-process: peak resident memory over idle
-    +153 MB before, +81 MB after (+44 MB with 100-frame chunks), same speed.
-    """
-    name = ctypes.util.find_library("c")
-    if name is None:
-        return
-    with contextlib.suppress(OSError, AttributeError):
-        libc = ctypes.CDLL(name)
-        libc.mallopt(_M_ARENA_MAX, arenas)
-        libc.mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD)
-
-
-def _trim_heap() -> None:
-    """Hand freed model memory back to the OS (glibc keeps it otherwise)."""
-    name = ctypes.util.find_library("c")
-    if name is None:
-        return
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL(name).malloc_trim(0)
