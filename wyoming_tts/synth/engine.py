@@ -97,14 +97,18 @@ class Synthesizer:
         produced_seconds = 0.0
         first_sentence = True
         utterances = self._utterances(voice, params, sentences, stats)
-        pending: asyncio.Task[_Utterance | None] = asyncio.create_task(_next(utterances))
+        pending: asyncio.Task[_Utterance | None] | None = asyncio.create_task(_next(utterances))
         try:
             while True:
+                assert pending is not None
                 current = await pending
                 if current is None:
                     break
-                # Next utterance's phonemes + frontend run while this one decodes.
-                pending = asyncio.create_task(_next(utterances))
+                # Next utterance's phonemes + frontend run while this one decodes, but only
+                # once audio flows: before that they would compete with the first chunk.
+                pending = (
+                    asyncio.create_task(_next(utterances)) if first_audio_at is not None else None
+                )
                 latent = current.latent
                 pcm_prefix = b""
                 if current.starts_sentence and not first_sentence and self.config.sentence_silence:
@@ -153,10 +157,12 @@ class Synthesizer:
                         await send(event)
                     produced_seconds += len(pcm) / 2 / voice.sample_rate
                     start = end
+                    if pending is None:
+                        pending = asyncio.create_task(_next(utterances))
             for event in framer.flush():
                 await send(event)
         finally:
-            if not pending.done():
+            if pending is not None and not pending.done():
                 pending.cancel()
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await pending
