@@ -19,6 +19,8 @@ from .errors import BadEvent
 
 MAX_JSON_DEPTH = 16
 MAX_TYPE_LENGTH = 64
+#: Data sections larger than this are parsed on a worker thread, not the event loop.
+OFF_LOOP_PARSE_BYTES = 16384
 #: Event types that carry text only; a payload on them is a framing error.
 TEXT_ONLY_TYPES = frozenset(
     {
@@ -88,7 +90,12 @@ class EventReader:
                 extra = await asyncio.wait_for(
                     self._reader.readexactly(data_length), timeout=self._read_timeout
                 )
-                data = {**data, **_parse_json_object(extra, "data")}
+                if len(extra) > OFF_LOOP_PARSE_BYTES:
+                    # A big text is fine, but parsing (and depth-checking) it is CPU work.
+                    parsed = await asyncio.to_thread(_parse_json_object, extra, "data")
+                else:
+                    parsed = _parse_json_object(extra, "data")
+                data = {**data, **parsed}
             payload = None
             if payload_length:
                 payload = await asyncio.wait_for(
