@@ -170,24 +170,26 @@ def server_data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return data
 
 
+@contextlib.contextmanager
+def running_server(args: list[str], log_path: Path) -> Iterator[ServerProcess]:
+    """A started server that is stopped (SIGTERM) when the block ends."""
+    srv = ServerProcess(args)
+    srv.start(log_path)
+    try:
+        yield srv
+    finally:
+        srv.stop()
+
+
 @pytest.fixture(scope="session")
 def server(
     tmp_path_factory: pytest.TempPathFactory, cache_dir: Path, server_data_dir: Path
 ) -> Iterator[ServerProcess]:
     """One shared server for tests that do not change its state."""
-    srv = ServerProcess(
-        [
-            "--data-dir",
-            str(server_data_dir),
-            "--cache-dir",
-            str(cache_dir),
-            "--keep-alive-interval",
-            "0",
-        ]
-    )
-    srv.start(tmp_path_factory.mktemp("logs") / "server.log")
-    yield srv
-    srv.stop()
+    args = ["--data-dir", str(server_data_dir), "--cache-dir", str(cache_dir)]
+    args += ["--keep-alive-interval", "0"]
+    with running_server(args, tmp_path_factory.mktemp("logs") / "server.log") as srv:
+        yield srv
 
 
 @contextlib.asynccontextmanager

@@ -20,7 +20,7 @@ from wyoming.event import async_read_event
 from wyoming.info import Describe
 from wyoming.tts import Synthesize, SynthesizeChunk, SynthesizeVoice
 
-from .conftest import ServerProcess, connect, link_voice, read_until, rms_dbfs
+from .conftest import ServerProcess, connect, link_voice, read_until, rms_dbfs, running_server
 from .test_errors import still_serves
 
 MB = 2**20
@@ -44,25 +44,11 @@ def tight(
     tmp_path_factory: pytest.TempPathFactory, cache_dir: Path, data_dir: Path
 ) -> Iterator[ServerProcess]:
     """A server with short timeouts and few connections, to reach the limits quickly."""
-    srv = ServerProcess(
-        [
-            "--cache-dir",
-            str(cache_dir),
-            "--data-dir",
-            str(data_dir),
-            "--connection-idle-timeout",
-            "3",
-            "--read-timeout",
-            "1",
-            "--max-connections",
-            "6",
-            "--keep-alive-interval",
-            "0",
-        ]
-    )
-    srv.start(tmp_path_factory.mktemp("robust-logs") / "server.log")
-    yield srv
-    srv.stop()
+    args = ["--cache-dir", str(cache_dir), "--data-dir", str(data_dir)]
+    args += ["--connection-idle-timeout", "3", "--read-timeout", "1", "--max-connections", "6"]
+    args += ["--keep-alive-interval", "0"]
+    with running_server(args, tmp_path_factory.mktemp("robust-logs") / "server.log") as srv:
+        yield srv
 
 
 def rss(srv: ServerProcess) -> int:

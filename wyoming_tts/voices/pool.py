@@ -264,6 +264,8 @@ class VoicePool:
         deadline = time.monotonic() + self._config.load_wait_timeout
         threshold = self._config.memory_threshold_bytes
         cost = int(entry.model_size * LOAD_COST_FACTOR)
+        # Loads already past this point are not in the RSS reading yet: count them too.
+        cost *= 1 + self._reserved
         while True:
             while self._slots_used() >= self._config.max_voices and self._evict_one("count"):
                 pass
