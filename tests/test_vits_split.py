@@ -109,12 +109,24 @@ def test_seam_found_and_cache_reused(
     split: SplitModel, cache_dir: Path, model: VitsModel, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     assert model.splittable
+    assert model.staged
     assert model.hop_length == HOP
     assert split.g_name is None  # single-speaker voice
     assert {split.z_name, split.mask_name} <= {
         o.name for o in onnx.load(split.frontend_path).graph.output
     }
-    files = [split.frontend_path, split.decoder_path, split.frontend_path.parent / "split.json"]
+    # Reach from the convolution geometry: 4 flows x 4 WaveNet layers x (5 - 1) / 2 = 32,
+    # and HiFi-GAN's conv_pre, upsamplers and resblocks add up to just under 12 frames.
+    assert split.vocoder is not None
+    assert (split.vocoder.flow_margin, split.vocoder.vocoder_margin) == (32, 12)
+    assert model.margin == 12
+    files = [
+        split.frontend_path,
+        split.decoder_path,
+        split.vocoder.flow_path,
+        split.vocoder.vocoder_path,
+        split.frontend_path.parent / "split.json",
+    ]
     mtimes = [p.stat().st_mtime_ns for p in files]
 
     def no_analysis(*args: object) -> None:
@@ -128,12 +140,30 @@ def test_seam_found_and_cache_reused(
     assert not list(split.frontend_path.parent.glob("*.tmp"))
 
 
+def _decode_like_engine(
+    model: VitsModel, latent: Latent, bounds: list[tuple[int, int]], flow_once: bool
+) -> list[np.ndarray]:
+    """Decode ``bounds`` in order; with ``flow_once``, as the engine does: the first chunk
+    through flow and vocoder windows, then the flow once over the rest."""
+    chunks = []
+    for i, (s, e) in enumerate(bounds):
+        if flow_once and i == 1:
+            latent = model.with_flow(latent, s)
+            assert latent.flowed is not None
+        chunks.append(model.decode(latent, s, e))
+    return chunks
+
+
+@pytest.mark.parametrize("flow_once", [False, True], ids=["windows", "flow-once"])
 @pytest.mark.parametrize("sizes", [(16,), (50,), (200,), UNEVEN], ids=str)
 def test_chunked_short_matches_full_decode(
-    model: VitsModel, latents: dict[str, tuple[Latent, np.ndarray]], sizes: tuple[int, ...]
+    model: VitsModel,
+    latents: dict[str, tuple[Latent, np.ndarray]],
+    sizes: tuple[int, ...],
+    flow_once: bool,
 ) -> None:
     latent, full = latents["short"]
-    chunks = [model.decode(latent, s, e) for s, e in _schedule(latent.num_frames, sizes)]
+    chunks = _decode_like_engine(model, latent, _schedule(latent.num_frames, sizes), flow_once)
     for (s, e), chunk in zip(_schedule(latent.num_frames, sizes), chunks, strict=True):
         assert chunk.shape == ((e - s) * HOP,)
         assert chunk.dtype == np.float32
@@ -153,9 +183,30 @@ def test_chunked_long_matches_full_decode(
     assert latent.num_frames > 1000
     bounds = _schedule(latent.num_frames, sizes)
     picked = sorted({0, len(bounds) // 2, len(bounds) - 2, len(bounds) - 1})
+    flowed = model.with_flow(latent, bounds[1][0])
     for s, e in (bounds[i] for i in picked):
-        chunk = model.decode(latent, s, e)
-        assert _max_lsb(chunk, full[s * HOP : e * HOP]) <= MAX_LSB
+        for source in (latent, flowed) if s >= bounds[1][0] else (latent,):
+            chunk = model.decode(source, s, e)
+            assert _max_lsb(chunk, full[s * HOP : e * HOP]) <= MAX_LSB
+
+
+def test_damaged_flow_falls_back_to_joint_decoder(
+    split: SplitModel, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A broken flow/vocoder cut still leaves chunked decoding, with one warning."""
+    entry = tmp_path / "cache" / split.frontend_path.parent.name
+    entry.mkdir(parents=True)
+    for path in split.frontend_path.parent.iterdir():
+        (entry / path.name).symlink_to(path)
+    (entry / "flow.onnx").unlink()
+    (entry / "flow.onnx").write_bytes(b"not a model")
+    with caplog.at_level("WARNING", logger="wyoming_tts.synth.vits"):
+        fallback = VitsModel.load(MODEL_PATH, tmp_path / "cache", _session_options(), HOP)
+    assert fallback.splittable
+    assert not fallback.staged
+    assert fallback.margin == 32
+    assert len(caplog.records) == 1
+    assert "flow/vocoder split unusable" in caplog.records[0].getMessage()
 
 
 def test_concurrent_decodes_agree(
@@ -273,3 +324,70 @@ def test_probe_mismatch_falls_back_to_whole_model(
     assert not model.splittable
     assert len(caplog.records) == 1
     assert "samples for" in caplog.records[0].getMessage()
+
+
+# ----------------------------------------------------------------- receptive field
+
+
+def _frame_graph(tail: list[onnx.NodeProto], extra: list[onnx.TensorProto]) -> onnx.ModelProto:
+    """x [1, 2, T] -> Conv k5 -> ConvTranspose k8 stride 4 -> Conv k9 (at 4x rate) -> tail."""
+    rng = np.random.default_rng(0)
+
+    def weight(name: str, k: int) -> onnx.TensorProto:
+        return onnx.numpy_helper.from_array(rng.standard_normal((2, 2, k)).astype(np.float32), name)
+
+    nodes = [
+        helper.make_node("Conv", ["x", "w1"], ["a"], pads=[2, 2]),
+        helper.make_node("LeakyRelu", ["a"], ["b"], alpha=0.1),
+        helper.make_node("ConvTranspose", ["b", "w2"], ["c"], strides=[4], pads=[2, 2]),
+        helper.make_node("Conv", ["c", "w3"], ["d"], pads=[4, 4]),
+        *tail,
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "frames",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2, "T"])],
+        [helper.make_tensor_value_info(nodes[-1].output[0], TensorProto.FLOAT, None)],
+        [weight("w1", 5), weight("w2", 8), weight("w3", 9), *extra],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 15)])
+    model.ir_version = 8
+    return model
+
+
+def test_receptive_field_adds_each_convolution_at_its_rate() -> None:
+    # 2 frames (k5) + ceil(7 / 4) = 2 frames (upsampler) + 4 samples at 4 per frame = 1.
+    axes = helper.make_tensor("axes", TensorProto.INT64, [1], [1])
+    tail = [helper.make_node("Unsqueeze", ["d", "axes"], ["out"])]
+    model = _frame_graph(tail, [axes])
+    assert split_module.receptive_field(model, ["x"]) == 5
+    # And the bound holds: one frame changed moves no output sample further than 5 frames.
+    session = onnxruntime.InferenceSession(model.SerializeToString(), _session_options())
+    x = np.random.default_rng(1).standard_normal((1, 2, 40)).astype(np.float32)
+    base = session.run(None, {"x": x})[0].reshape(2, -1)
+    x[0, :, 20] += 1.0
+    moved = np.flatnonzero(np.abs(session.run(None, {"x": x})[0].reshape(2, -1) - base).max(0))
+    assert moved.min() / 4 >= 20 - 5
+    assert moved.max() / 4 < 21 + 5
+
+
+@pytest.mark.parametrize(
+    ("tail", "extra"),
+    [
+        (  # a slice along the frame axis shifts frames
+            [helper.make_node("Slice", ["d", "s", "e", "ax"], ["out"])],
+            [
+                helper.make_tensor("s", TensorProto.INT64, [1], [1]),
+                helper.make_tensor("e", TensorProto.INT64, [1], [9]),
+                helper.make_tensor("ax", TensorProto.INT64, [1], [2]),
+            ],
+        ),
+        ([helper.make_node("Transpose", ["d"], ["out"], perm=[0, 2, 1])], []),
+        ([helper.make_node("ReduceMean", ["d"], ["out"], axes=[2])], []),
+    ],
+    ids=["slice-frames", "transpose", "reduce"],
+)
+def test_receptive_field_refuses_ops_that_mix_frames(
+    tail: list[onnx.NodeProto], extra: list[onnx.TensorProto]
+) -> None:
+    assert split_module.receptive_field(_frame_graph(tail, extra), ["x"]) is None

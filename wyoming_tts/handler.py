@@ -338,7 +338,8 @@ class Connection:
             if streaming:
                 await self._send(SynthesizeStopped().event())
             _LOGGER.info(
-                "Spoke voice=%s chars=%d first_audio=%s total=%.3fs audio=%.2fs rtf=%.3f%s",
+                "Spoke voice=%s chars=%d first_audio=%s total=%.3fs audio=%.2fs rtf=%.3f "
+                "underruns=%d%s",
                 name,
                 stats.characters,
                 f"{stats.first_audio_seconds:.3f}s"
@@ -347,6 +348,7 @@ class Connection:
                 stats.total_seconds,
                 stats.audio_seconds,
                 stats.real_time_factor,
+                stats.underruns,
                 " (stream)" if streaming else "",
             )
         except asyncio.CancelledError:

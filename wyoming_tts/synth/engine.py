@@ -2,9 +2,11 @@
 
 Per utterance the frontend (text encoder, durations, noise) runs once; the
 decoder then runs over the frames in chunks. The first chunk of a response is
-small so audio leaves at once; each later chunk is sized by how far the audio
-already produced is ahead of real-time playback, so later chunks (and later
-sentences) are decoded in large pieces and the total compute stays close to an
+small and runs flow and vocoder over a window, so audio leaves at once; after
+it, the flow runs once over the rest of each utterance and each later chunk is
+vocoder only, sized by how far the audio already produced is ahead of real-time
+playback (at the decoder's measured cost per frame), so later chunks and later
+sentences are decoded in large pieces and the total compute stays close to an
 unchunked decode. The next utterance's frontend runs while this one decodes.
 
 Backpressure: every chunk is written (and drained) before the next is
@@ -29,10 +31,10 @@ from ..voices.loaded import LoadedVoice, SynthParams
 from .scheduler import Scheduler
 from .vits import Latent
 
-#: Starting guess of decoder seconds per frame, replaced by measurement after each call.
+#: Guess of decoder seconds per frame for a voice not yet timed (its warm-up times it).
 INITIAL_FRAME_COST = 0.0008
 #: Share of the audio already ahead of playback that the next chunk may take to compute.
-SAFETY = 0.5
+SAFETY = 0.6
 
 EventSink = Callable[[Event], Awaitable[None]]
 
@@ -44,7 +46,6 @@ class EngineConfig:
     sentence_silence: float
     samples_per_chunk: int
     max_utterance_ids: int
-    margin_frames: int = 32
 
 
 @dataclass
@@ -57,6 +58,8 @@ class SpeechStats:
     total_seconds: float = 0.0
     audio_seconds: float = 0.0
     decoder_calls: int = 0
+    underruns: int = 0
+    """Chunks that were ready only after the audio before them had finished playing."""
 
     @property
     def real_time_factor(self) -> float:
@@ -92,7 +95,7 @@ class Synthesizer:
         still be answered with an error instead.
         """
         started = time.perf_counter()
-        frame_cost = INITIAL_FRAME_COST
+        frame_cost = voice.frame_seconds or INITIAL_FRAME_COST
         first_audio_at: float | None = None
         produced_seconds = 0.0
         first_sentence = True
@@ -116,8 +119,12 @@ class Synthesizer:
                 first_sentence = False
                 start = 0
                 total = latent.num_frames
+                margin = voice.model.margin
                 while start < total:
-                    margin = self.config.margin_frames
+                    if first_audio_at is not None and voice.model.staged and latent.flowed is None:
+                        # Once audio flows, the flow runs once over the rest of the
+                        # utterance; from then on each chunk costs only the vocoder.
+                        latent = await self._scheduler.run(voice.model.with_flow, latent, start)
                     remaining = total - start
                     if first_audio_at is None:
                         end = start + self.config.first_chunk_frames
@@ -140,8 +147,11 @@ class Synthesizer:
                         voice.model.decode, latent, start, end, urgent=first_audio_at is None
                     )
                     spent = time.perf_counter() - t0
-                    decoded = min(total, end + margin) - max(0, start - margin)
-                    frame_cost = 0.5 * frame_cost + 0.5 * (spent / max(1, decoded))
+                    if first_audio_at is not None:  # the first window also runs the flow
+                        decoded = min(total, end + margin) - max(0, start - margin)
+                        frame_cost = 0.5 * frame_cost + 0.5 * (spent / max(1, decoded))
+                        if produced_seconds < time.perf_counter() - first_audio_at:
+                            stats.underruns += 1
                     stats.decoder_calls += 1
                     if end == total:
                         audio = fade_out(audio, voice.sample_rate)

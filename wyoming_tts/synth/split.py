@@ -1,9 +1,13 @@
-"""Split a Piper (VITS) ONNX voice into a per-utterance frontend and a frame-local decoder.
+"""Split a Piper (VITS) ONNX voice into a per-utterance frontend and frame-local decoders.
 
 The frontend (text encoder, duration predictor, alignment, prior sampling) runs once per
 utterance; the decoder (flow + HiFi-GAN) is convolutional over frames, so it can be run on
-overlapping windows of the latent and streamed. The seam is found from the graph structure
-(never node names) and the two halves are cached on disk, keyed by the model's sha256.
+overlapping windows of the latent and streamed. The decoder is cut once more, between the
+flow and the vocoder: the flow is cheap per frame but reaches 32 frames each way, the
+vocoder is most of the cost but reaches only ~12, so running the flow over a whole
+utterance once and the vocoder in windows re-decodes far fewer frames at chunk seams.
+Seams are found from the graph structure (never node names), margins from the convolution
+geometry, and the parts are cached on disk, keyed by the model's sha256.
 """
 
 from __future__ import annotations
@@ -11,19 +15,21 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import os
 import tempfile
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import onnx
-from onnx import helper
+from onnx import helper, numpy_helper
 
 _LOGGER = logging.getLogger(__name__)
 
 #: Bump when the split logic or the cache layout changes, so stale caches are ignored.
-CACHE_VERSION = 1
+CACHE_VERSION = 2
 
 _RANDOM_OPS = frozenset({"RandomNormalLike", "RandomNormal", "RandomUniformLike", "RandomUniform"})
 _CONV_OPS = frozenset({"Conv", "ConvTranspose"})
@@ -31,6 +37,29 @@ _SPEAKER_INPUT = "sid"
 _META_FILE = "split.json"
 _FRONTEND_FILE = "frontend.onnx"
 _DECODER_FILE = "decoder.onnx"
+_FLOW_FILE = "flow.onnx"
+_VOCODER_FILE = "vocoder.onnx"
+#: Ops that act on each frame independently (or only broadcast over frames).
+_POINTWISE_OPS = frozenset(
+    {"Add", "Sub", "Mul", "Div", "Neg", "Exp", "Log", "Pow", "Sqrt", "Abs", "Erf", "Cast"}
+    | {"Identity", "Tanh", "Sigmoid", "Relu", "LeakyRelu", "Softplus", "Clip", "Where"}
+    | {"Max", "Min", "Sum"}
+)
+#: Ops whose output carries no frame content (shapes, constants).
+_SHAPE_OPS = frozenset({"Shape", "Size", "Constant", "ConstantOfShape"})
+#: Ops that are frame-local unless they act on the frame axis (axis 2 of [N, C, T]).
+_AXIS_OPS = frozenset({"Slice", "Split", "Concat", "Unsqueeze", "Squeeze"})
+
+
+@dataclass(frozen=True)
+class VocoderSplit:
+    """The decoder cut between flow and vocoder, with each part's reach in frames."""
+
+    flow_path: Path
+    vocoder_path: Path
+    seam_name: str
+    flow_margin: int
+    vocoder_margin: int
 
 
 @dataclass(frozen=True)
@@ -42,6 +71,7 @@ class SplitModel:
     z_name: str
     mask_name: str
     g_name: str | None
+    vocoder: VocoderSplit | None = None
 
 
 @dataclass(frozen=True)
@@ -79,17 +109,24 @@ def split_voice_model(model_path: Path, cache_dir: Path) -> SplitModel | None:
     decoder_path = entry_dir / _DECODER_FILE
     _write_atomic(frontend_path, frontend.SerializeToString())
     _write_atomic(decoder_path, decoder.SerializeToString())
-    # The json is written last: it is the marker that both model files are complete.
-    _write_json(
-        entry_dir / _META_FILE,
-        {
-            "version": CACHE_VERSION,
-            "sha256": digest,
-            "z_name": cut.z_name,
-            "mask_name": cut.mask_name,
-            "g_name": cut.g_name,
-        },
-    )
+    meta: dict[str, object] = {
+        "version": CACHE_VERSION,
+        "sha256": digest,
+        "z_name": cut.z_name,
+        "mask_name": cut.mask_name,
+        "g_name": cut.g_name,
+    }
+    vocoder = _split_decoder(decoder, cut, entry_dir)
+    if vocoder is not None:
+        meta["vocoder"] = {
+            "seam_name": vocoder.seam_name,
+            "flow_margin": vocoder.flow_margin,
+            "vocoder_margin": vocoder.vocoder_margin,
+        }
+    else:
+        _LOGGER.info("No flow/vocoder seam in %s; decoding flow and vocoder together", model_path)
+    # The json is written last: it is the marker that all model files are complete.
+    _write_json(entry_dir / _META_FILE, meta)
     _LOGGER.debug(
         "Split %s: z=%s mask=%s g=%s (frontend %d nodes, decoder %d nodes)",
         model_path,
@@ -99,7 +136,7 @@ def split_voice_model(model_path: Path, cache_dir: Path) -> SplitModel | None:
         len(cut.frontend_nodes),
         len(cut.decoder_nodes),
     )
-    return SplitModel(frontend_path, decoder_path, cut.z_name, cut.mask_name, cut.g_name)
+    return SplitModel(frontend_path, decoder_path, cut.z_name, cut.mask_name, cut.g_name, vocoder)
 
 
 # --------------------------------------------------------------------------- cache
@@ -136,7 +173,23 @@ def _read_cache(entry_dir: Path, digest: str) -> tuple[bool, SplitModel | None]:
         and decoder_path.is_file()
     ):
         return False, None
-    return True, SplitModel(frontend_path, decoder_path, z_name, mask_name, g_name)
+    vocoder: VocoderSplit | None = None
+    spec = meta.get("vocoder")
+    if spec is not None:
+        flow_path, vocoder_path = entry_dir / _FLOW_FILE, entry_dir / _VOCODER_FILE
+        try:
+            vocoder = VocoderSplit(
+                flow_path,
+                vocoder_path,
+                str(spec["seam_name"]),
+                int(spec["flow_margin"]),
+                int(spec["vocoder_margin"]),
+            )
+        except (TypeError, KeyError, ValueError):
+            return False, None
+        if not (flow_path.is_file() and vocoder_path.is_file()):
+            return False, None
+    return True, SplitModel(frontend_path, decoder_path, z_name, mask_name, g_name, vocoder)
 
 
 def _write_atomic(path: Path, data: bytes) -> None:
@@ -306,6 +359,114 @@ def _try_cut(graph: _Graph, z_name: str, audio: str, random_set: set[int]) -> _C
     )
 
 
+def _find_vocoder_seam(graph: _Graph, audio: str, stop: set[str]) -> str | None:
+    """The vocoder's input: the data input of the last frame-path Conv before upsampling.
+
+    In VITS that is HiFi-GAN's conv_pre, fed by the flow's output times the mask. It is
+    accepted only if the audio depends on nothing but it (and the speaker embedding).
+    """
+    first_up = next((i for i, n in enumerate(graph.nodes) if n.op_type == "ConvTranspose"), None)
+    if first_up is None:
+        return None
+    before = graph.ancestors([graph.nodes[first_up].input[0]], stop=set())
+    frame_convs = [
+        i for i in sorted(before) if graph.nodes[i].op_type == "Conv" and graph.input_deps[i] - stop
+    ]
+    if not frame_convs:
+        return None
+    seam = graph.nodes[frame_convs[-1]].input[0]
+    if seam in graph.inputs:
+        return None
+    vocoder_nodes = graph.ancestors([audio], stop={seam} | stop)
+    for idx in vocoder_nodes:
+        for name in graph.nodes[idx].input:
+            if name in graph.inputs and name not in stop:
+                return None  # the vocoder would need the mask or z directly
+    return seam
+
+
+def receptive_field(model: onnx.ModelProto, sources: Iterable[str]) -> int | None:
+    """Frames of input on either side that one output frame can depend on.
+
+    Walks the graph from the frame-aligned ``sources`` ([N, C, frames]), adding each
+    convolution's reach (in frames, at the sample rate of that point in the graph). Returns
+    None when an op that might mix frames in an unknown way is met, so callers never
+    under-estimate.
+    """
+    constants = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    for node in model.graph.node:
+        if node.op_type == "Constant" and node.attribute and node.attribute[0].name == "value":
+            constants[node.output[0]] = numpy_helper.to_array(node.attribute[0].t)
+    reach = {name: 0.0 for name in sources}
+    rate = {name: 1.0 for name in sources}  # samples per frame at this tensor
+    frame_axis = {name: 2 for name in sources}
+    for node in model.graph.node:
+        framed = [name for name in node.input if name in reach]
+        if not framed or node.op_type in _SHAPE_OPS:
+            continue
+        far = max(reach[name] for name in framed)
+        step, axis = rate[framed[0]], frame_axis[framed[0]]
+        if any(rate[name] != step or frame_axis[name] != axis for name in framed):
+            return None
+        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        if node.op_type in ("Conv", "ConvTranspose"):
+            weight = constants.get(node.input[1]) if len(node.input) > 1 else None
+            if node.input[0] not in reach or weight is None or weight.ndim != 3 or axis != 2:
+                return None
+            if attrs.get("auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET"):
+                return None
+            span = (int(weight.shape[2]) - 1) * int(attrs.get("dilations", [1])[0])
+            stride = int(attrs.get("strides", [1])[0])
+            if node.op_type == "Conv":
+                if stride != 1:
+                    return None
+                left = int(attrs.get("pads", [0, 0])[0])
+                far += max(left, span - left) / step
+            else:
+                far += math.ceil(span / stride) / step
+                step *= stride
+        elif node.op_type in _AXIS_OPS:
+            moved = _frame_axis_after(node, attrs, constants, axis)
+            if moved is None:
+                return None
+            axis = moved
+        elif node.op_type not in _POINTWISE_OPS:
+            return None
+        for name in node.output:
+            reach[name], rate[name], frame_axis[name] = far, step, axis
+    out = model.graph.output[0].name
+    return math.ceil(reach[out]) if out in reach else None
+
+
+def _frame_axis_after(
+    node: onnx.NodeProto,
+    attrs: dict[str, object],
+    constants: dict[str, np.ndarray],
+    axis: int,
+) -> int | None:
+    """Where the frame axis is after an axis op; None if the op cuts or mixes frames."""
+    if node.op_type in ("Split", "Concat"):
+        given: object = attrs.get("axis", 0)
+        axes = [given] if isinstance(given, int) else None
+    else:
+        position = 3 if node.op_type == "Slice" else 1
+        given = attrs.get("axes")
+        if given is None and len(node.input) > position and node.input[position]:
+            given = constants.get(node.input[position])
+        axes = None if given is None else [int(a) for a in given]  # type: ignore[attr-defined]
+    if axes is None or any(a < 0 for a in axes):  # negative axes need the rank: be safe
+        return None
+    if node.op_type == "Unsqueeze":
+        for a in sorted(axes):
+            axis += a <= axis
+        return axis
+    if axis in axes:
+        return None
+    if node.op_type == "Squeeze":
+        return axis - sum(a < axis for a in axes)
+    return axis
+
+
 # --------------------------------------------------------------------------- building
 
 
@@ -364,3 +525,51 @@ def _make_model(
         ir_version=source.ir_version,
     )
     return model
+
+
+def _split_decoder(decoder: onnx.ModelProto, cut: _Cut, entry_dir: Path) -> VocoderSplit | None:
+    """Cut the decoder into flow and vocoder and write both; None if it does not split."""
+    graph = _Graph(decoder.graph)
+    audio = decoder.graph.output[0].name
+    given = {cut.g_name} if cut.g_name else set()
+    seam = _find_vocoder_seam(graph, audio, given)
+    if seam is None:
+        return None
+    inferred = onnx.shape_inference.infer_shapes(decoder)
+    known = {vi.name: vi for vi in inferred.graph.value_info}
+    known.update({vi.name: vi for vi in decoder.graph.input})
+    known.update({vi.name: vi for vi in decoder.graph.output})
+    flow_nodes = [decoder.graph.node[i] for i in sorted(graph.ancestors([seam], stop=set()))]
+    vocoder_nodes = [
+        decoder.graph.node[i] for i in sorted(graph.ancestors([audio], stop={seam} | given))
+    ]
+    flow_used = {name for node in flow_nodes for name in node.input}
+    vocoder_used = {name for node in vocoder_nodes for name in node.input}
+    seam_info = _value_info(seam, known)
+    flow = _make_model(
+        decoder,
+        "flow",
+        flow_nodes,
+        inputs=[vi for vi in decoder.graph.input if vi.name in flow_used],
+        outputs=[seam_info],
+    )
+    vocoder = _make_model(
+        decoder,
+        "vocoder",
+        vocoder_nodes,
+        inputs=[seam_info] + [vi for vi in decoder.graph.input if vi.name in vocoder_used],
+        outputs=[decoder.graph.output[0]],
+    )
+    frame_inputs = [cut.z_name, cut.mask_name]
+    flow_margin = receptive_field(flow, frame_inputs)
+    vocoder_margin = receptive_field(vocoder, [seam])
+    if flow_margin is None or vocoder_margin is None:
+        return None
+    for part in (flow, vocoder):
+        onnx.checker.check_model(part)
+    result = VocoderSplit(
+        entry_dir / _FLOW_FILE, entry_dir / _VOCODER_FILE, seam, flow_margin, vocoder_margin
+    )
+    _write_atomic(result.flow_path, flow.SerializeToString())
+    _write_atomic(result.vocoder_path, vocoder.SerializeToString())
+    return result

@@ -3,8 +3,12 @@
 The decoder is convolutional over frames, so decoding frames [start, end) with ``margin``
 frames of context on each side and keeping the centre reproduces the full decode (within
 float rounding). That lets audio be streamed with a latency of one chunk rather than one
-utterance. Voices whose graph cannot be split fall back to whole-utterance synthesis behind
-the same interface.
+utterance.
+
+When the decoder also splits into flow and vocoder, the flow (cheap, 32 frames of reach)
+can run once over the rest of an utterance (`with_flow`) and only the vocoder (most of the
+cost, ~12 frames of reach) is run in windows; before that, a window runs both. Voices whose
+graph cannot be split fall back to whole-utterance synthesis behind the same interface.
 """
 
 from __future__ import annotations
@@ -12,7 +16,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -50,6 +54,9 @@ class Latent:
     """Speaker embedding, shape [1, G, 1] (multi-speaker split voices)."""
     audio: FloatArray | None = None
     """Whole-utterance audio (unsplit voices)."""
+    flowed: np.ndarray | None = None
+    """Flow output for frames [flowed_from, num_frames), once `with_flow` has run."""
+    flowed_from: int = 0
 
 
 class VitsModel:
@@ -64,8 +71,10 @@ class VitsModel:
         *,
         hop_length: int,
         frontend_session: onnxruntime.InferenceSession,
-        decoder_session: onnxruntime.InferenceSession | None,
         split: SplitModel | None,
+        decoder_session: onnxruntime.InferenceSession | None = None,
+        flow_session: onnxruntime.InferenceSession | None = None,
+        vocoder_session: onnxruntime.InferenceSession | None = None,
         margin: int = MARGIN_FRAMES,
         shrink_arena: bool = False,
     ) -> None:
@@ -74,18 +83,30 @@ class VitsModel:
         if margin < 0:
             raise ValueError(f"margin must be >= 0, got {margin}")
         self.hop_length = hop_length
-        self.margin = margin
-        self.splittable = decoder_session is not None and split is not None
         self._frontend = frontend_session
-        self._decoder = decoder_session
         self._split = split
+        self._decoder = decoder_session
+        self._flow = flow_session
+        self._vocoder = vocoder_session
+        staged = split.vocoder if split is not None else None
+        if flow_session is None or vocoder_session is None:
+            staged = None
+        self.staged = staged is not None
+        """Flow and vocoder are separate sessions (`with_flow` does something)."""
+        self.splittable = split is not None and (self.staged or decoder_session is not None)
+        self._flow_margin = staged.flow_margin if staged is not None else 0
+        self.margin = staged.vocoder_margin if staged is not None else margin
+        """Frames of context decoded twice on each side of a window."""
         # With the CPU arena on, each run shrinks it afterwards: the arena's speed inside a
-        # run (~10% on the decoder) without holding its peak between runs.
+        # run without holding its peak between runs. Holding it through a response was
+        # ~10% faster but its power-of-two growth held ~60 MB more at the peak.
         self._run_options = onnxruntime.RunOptions()
         if shrink_arena:  # onnxruntime rejects the entry when the session has no arena
             self._run_options.add_run_config_entry("memory.enable_memory_arena_shrinkage", "cpu:0")
         self._frontend_inputs = frozenset(i.name for i in frontend_session.get_inputs())
         self._frontend_outputs = [o.name for o in frontend_session.get_outputs()]
+        self._flow_inputs = _input_names(flow_session)
+        self._vocoder_inputs = _input_names(vocoder_session)
 
     @classmethod
     def load(
@@ -98,46 +119,73 @@ class VitsModel:
     ) -> VitsModel:
         """Load a voice, splitting it (or reusing the cached split) when possible.
 
-        Unsplittable voices, or splits that fail the load-time probe, are loaded whole so
-        the server still works, only without chunked decoding.
+        The flow/vocoder cut is preferred; if it fails its probe the joint decoder is
+        tried; unsplittable voices, or splits that fail the probe, are loaded whole so the
+        server still works, only without chunked decoding. One log line says why.
         """
         split = split_voice_model(model_path, cache_dir)
-        if split is not None:
-            try:
-                model = cls(
-                    hop_length=hop_length,
-                    frontend_session=onnxruntime.InferenceSession(
-                        str(split.frontend_path), sess_options=session_options, providers=_PROVIDERS
-                    ),
-                    decoder_session=onnxruntime.InferenceSession(
-                        str(split.decoder_path), sess_options=session_options, providers=_PROVIDERS
-                    ),
-                    split=split,
-                    margin=margin,
-                    shrink_arena=session_options.enable_cpu_mem_arena,
-                )
-                problem = model._probe()
-            except Exception as err:  # e.g. a damaged cache file; the whole model still works
-                problem = f"{type(err).__name__}: {err}"
-            if problem is None:
-                return model
-            _LOGGER.warning(
-                "Split of %s is unusable (%s); using whole-utterance synthesis", model_path, problem
+
+        def session(path: Path) -> onnxruntime.InferenceSession:
+            return onnxruntime.InferenceSession(
+                str(path), sess_options=session_options, providers=_PROVIDERS
             )
-        else:
+
+        shrink = session_options.enable_cpu_mem_arena
+        if split is None:
             _LOGGER.info(
                 "No decoder seam recognised in %s; using whole-utterance synthesis", model_path
             )
-        whole = onnxruntime.InferenceSession(
-            str(model_path), sess_options=session_options, providers=_PROVIDERS
+            return cls(
+                hop_length=hop_length,
+                frontend_session=session(model_path),
+                split=None,
+                margin=margin,
+                shrink_arena=shrink,
+            )
+        attempts: list[tuple[str, dict[str, Path]]] = []
+        if split.vocoder is not None:
+            attempts.append(
+                (
+                    "flow/vocoder split",
+                    {"flow": split.vocoder.flow_path, "vocoder": split.vocoder.vocoder_path},
+                )
+            )
+        attempts.append(("decoder split", {"decoder": split.decoder_path}))
+        problems: list[str] = []
+        for what, paths in attempts:
+            try:
+                parts = {name: session(path) for name, path in paths.items()}
+                model = cls(
+                    hop_length=hop_length,
+                    frontend_session=session(split.frontend_path),
+                    split=split,
+                    decoder_session=parts.get("decoder"),
+                    flow_session=parts.get("flow"),
+                    vocoder_session=parts.get("vocoder"),
+                    margin=margin,
+                    shrink_arena=shrink,
+                )
+                problem = model._probe()
+            except Exception as err:  # e.g. a damaged cache file; the whole model works
+                problem = f"{type(err).__name__}: {err}"
+            if problem is None:
+                if problems:
+                    _LOGGER.warning(
+                        "Using the %s of %s (%s)", what, model_path, "; ".join(problems)
+                    )
+                return model
+            problems.append(f"{what} unusable: {problem}")
+        _LOGGER.warning(
+            "Split of %s is unusable (%s); using whole-utterance synthesis",
+            model_path,
+            "; ".join(problems),
         )
         return cls(
             hop_length=hop_length,
-            frontend_session=whole,
-            decoder_session=None,
+            frontend_session=session(model_path),
             split=None,
             margin=margin,
-            shrink_arena=session_options.enable_cpu_mem_arena,
+            shrink_arena=shrink,
         )
 
     def frontend(
@@ -171,6 +219,21 @@ class VitsModel:
         g = _readonly(results[self._split.g_name]) if self._split.g_name else None
         return Latent(num_frames=int(z.shape[-1]), z=z, mask=mask, g=g)
 
+    def with_flow(self, latent: Latent, start: int) -> Latent:
+        """``latent`` with the flow run once from frame ``start`` (less margins) to the end.
+
+        Later `decode` calls from ``start`` on then run only the vocoder. A no-op for
+        voices without the flow/vocoder cut, or when already done.
+        """
+        if not self.staged or latent.z is None:
+            return latent
+        lo = max(0, start - self.margin)
+        if latent.flowed is not None and latent.flowed_from <= lo:
+            return latent
+        first = max(0, lo - self._flow_margin)
+        flowed = self._run_flow(latent, first, latent.num_frames)
+        return replace(latent, flowed=_readonly(flowed[:, :, lo - first :]), flowed_from=lo)
+
     def decode(self, latent: Latent, start: int, end: int) -> FloatArray:
         """Float32 mono samples for frames [start, end) of ``latent``.
 
@@ -191,15 +254,46 @@ class VitsModel:
 
     def _decode_window(self, latent: Latent, lo: int, hi: int) -> FloatArray:
         """Raw decoder output for frames [lo, hi), edges included."""
-        if self._decoder is None or self._split is None or latent.z is None:
+        split = self._split
+        if split is None or latent.z is None:
             raise ValueError("latent was not produced by this model's split frontend")
-        feeds: dict[str, np.ndarray] = {self._split.z_name: latent.z[:, :, lo:hi]}
-        if latent.mask is not None:
-            feeds[self._split.mask_name] = latent.mask[:, :, lo:hi]
-        if self._split.g_name is not None and latent.g is not None:
-            feeds[self._split.g_name] = latent.g
-        audio: FloatArray = self._decoder.run(None, feeds, self._run_options)[0].reshape(-1)
+        g_name = split.g_name
+        if self._vocoder is not None and split.vocoder is not None and self.staged:
+            if latent.flowed is not None and lo >= latent.flowed_from:
+                seam = latent.flowed[:, :, lo - latent.flowed_from : hi - latent.flowed_from]
+            else:
+                first = max(0, lo - self._flow_margin)
+                last = min(latent.num_frames, hi + self._flow_margin)
+                seam = self._run_flow(latent, first, last)[:, :, lo - first : hi - first]
+            feeds = {split.vocoder.seam_name: np.ascontiguousarray(seam)}
+            if g_name is not None and g_name in self._vocoder_inputs and latent.g is not None:
+                feeds[g_name] = latent.g
+            out = self._vocoder.run(None, feeds, self._run_options)[0]
+        elif self._decoder is not None:
+            feeds = {split.z_name: latent.z[:, :, lo:hi]}
+            if latent.mask is not None:
+                feeds[split.mask_name] = latent.mask[:, :, lo:hi]
+            if g_name is not None and latent.g is not None:
+                feeds[g_name] = latent.g
+            out = self._decoder.run(None, feeds, self._run_options)[0]
+        else:
+            raise ValueError("model has no decoder")
+        audio: FloatArray = out.reshape(-1)
         return audio
+
+    def _run_flow(self, latent: Latent, lo: int, hi: int) -> np.ndarray:
+        """Flow output for frames [lo, hi), edges included (invalid within its margin)."""
+        split = self._split
+        if self._flow is None or split is None or latent.z is None:
+            raise ValueError("model has no flow session")
+        feeds = {split.z_name: latent.z[:, :, lo:hi]}
+        if latent.mask is not None and split.mask_name in self._flow_inputs:
+            feeds[split.mask_name] = latent.mask[:, :, lo:hi]
+        g_name = split.g_name
+        if g_name is not None and g_name in self._flow_inputs and latent.g is not None:
+            feeds[g_name] = latent.g
+        flowed: np.ndarray = self._flow.run(None, feeds, self._run_options)[0]
+        return flowed
 
     def full(
         self,
@@ -243,12 +337,20 @@ class VitsModel:
                 return f"mask has shape {latent.mask.shape}, z has {latent.z.shape}"
             if latent.g is not None and (latent.g.ndim != 3 or latent.g.shape[2] != 1):
                 return f"g has shape {latent.g.shape}"
+            if self.staged:
+                flowed = self._run_flow(latent, 0, frames)
+                if flowed.ndim != 3 or flowed.shape[2] != frames:
+                    return f"flow output has shape {flowed.shape} for {frames} frames"
             audio = self._decode_window(latent, 0, frames)
         except Exception as err:  # a probe failure must not stop the voice from loading
             return f"{type(err).__name__}: {err}"
         if audio.shape[0] != frames * self.hop_length:
             return f"{audio.shape[0]} samples for {frames} frames at hop {self.hop_length}"
         return None
+
+
+def _input_names(session: onnxruntime.InferenceSession | None) -> frozenset[str]:
+    return frozenset(i.name for i in session.get_inputs()) if session is not None else frozenset()
 
 
 def _readonly(array: np.ndarray) -> np.ndarray:

@@ -81,6 +81,8 @@ class LoadedVoice:
     last_warm: float = 0.0
     stale: bool = False
     warming: bool = field(default=False)
+    frame_seconds: float = 0.0
+    """Decoder seconds per frame in a whole-utterance decode, measured at warm-up."""
 
     @property
     def name(self) -> str:
@@ -134,13 +136,20 @@ class LoadedVoice:
         return self.model.frontend(ids, params.scales, params.speaker_id)
 
     def speak_blocking(self, text: str, params: SynthParams, max_ids: int) -> list[np.ndarray]:
-        """Whole utterances, unchunked: warm-up, calibration and tests."""
+        """Whole utterances, unchunked: warm-up, calibration and tests.
+
+        Also times the decoder per frame, the engine's first guess for sizing chunks.
+        """
         out = []
+        costs = []
         for ids in self.phoneme_ids(text, max_ids):
-            latent = self.frontend(ids, params)
+            latent = self.model.with_flow(self.frontend(ids, params), 0)
+            started = time.perf_counter()
             out.append(self.model.decode(latent, 0, latent.num_frames))
+            costs.append((time.perf_counter() - started) / max(1, latent.num_frames))
         if not out:
             raise NoSpeech("Nothing to say in that text.")
+        self.frame_seconds = statistics.median(costs)
         return out
 
 
@@ -219,7 +228,7 @@ def load_voice(
 
 
 def keep_alive(voice: LoadedVoice) -> None:
-    """A tiny inference through both graphs, so idle pages and caches stay warm."""
+    """A tiny inference through all graphs, so idle pages and caches stay warm."""
     voice.speak_blocking(KEEP_ALIVE_TEXT, voice.params(None, None, None, None), 64)
 
 
