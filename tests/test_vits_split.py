@@ -190,6 +190,17 @@ def test_chunked_long_matches_full_decode(
             assert _max_lsb(chunk, full[s * HOP : e * HOP]) <= MAX_LSB
 
 
+def test_kept_decoder_memory_decodes_the_same(
+    cache_dir: Path, latents: dict[str, tuple[Latent, np.ndarray]]
+) -> None:
+    """keep_decoder_memory only changes what the arena holds between runs."""
+    kept = VitsModel.load(MODEL_PATH, cache_dir, _session_options(), HOP, keep_decoder_memory=True)
+    latent, full = latents["short"]
+    bounds = _schedule(latent.num_frames, (16, 200))
+    chunks = _decode_like_engine(kept, latent, bounds, flow_once=True)
+    assert _max_lsb(np.concatenate(chunks), full) <= MAX_LSB
+
+
 def test_damaged_flow_falls_back_to_joint_decoder(
     split: SplitModel, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -62,6 +62,7 @@ class App:
                 intra_op_threads=settings.intra_op_threads,
                 max_utterance_ids=settings.max_utterance_ids,
                 cache_dir=settings.effective_cache_dir,
+                keep_decoder_memory=settings.keep_decoder_memory,
             ),
             self.catalog,
             self.scheduler,

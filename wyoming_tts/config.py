@@ -169,6 +169,13 @@ class Settings:
         "clients speak at once (see README).",
         group="pool",
     )
+    keep_decoder_memory: bool = _opt(
+        False,
+        "Keep each loaded voice's decoder working memory between runs instead of "
+        "returning it after every chunk: ~15% less synthesis time (no fresh pages to "
+        "fault in), but ~200 MB more resident per voice that has spoken.",
+        group="pool",
+    )
     max_queue: int = _opt(
         8,
         "Requests allowed to wait beyond `workers`; more get `busy` at once.",

@@ -77,6 +77,7 @@ class VitsModel:
         vocoder_session: onnxruntime.InferenceSession | None = None,
         margin: int = MARGIN_FRAMES,
         shrink_arena: bool = False,
+        keep_decoder_memory: bool = False,
     ) -> None:
         if hop_length <= 0:
             raise ValueError(f"hop_length must be positive, got {hop_length}")
@@ -98,11 +99,15 @@ class VitsModel:
         self.margin = staged.vocoder_margin if staged is not None else margin
         """Frames of context decoded twice on each side of a window."""
         # With the CPU arena on, each run shrinks it afterwards: the arena's speed inside a
-        # run without holding its peak between runs. Holding it through a response was
-        # ~10% faster but its power-of-two growth held ~60 MB more at the peak.
+        # run without holding its peak between runs. Decoder runs may keep it instead
+        # (keep_decoder_memory): no pages to fault in again, at the cost of holding the
+        # arena's power-of-two growth for as long as the voice stays loaded.
         self._run_options = onnxruntime.RunOptions()
         if shrink_arena:  # onnxruntime rejects the entry when the session has no arena
             self._run_options.add_run_config_entry("memory.enable_memory_arena_shrinkage", "cpu:0")
+        self._decoder_options = (
+            onnxruntime.RunOptions() if keep_decoder_memory else self._run_options
+        )
         self._frontend_inputs = frozenset(i.name for i in frontend_session.get_inputs())
         self._frontend_outputs = [o.name for o in frontend_session.get_outputs()]
         self._flow_inputs = _input_names(flow_session)
@@ -116,6 +121,8 @@ class VitsModel:
         session_options: onnxruntime.SessionOptions,
         hop_length: int,
         margin: int = MARGIN_FRAMES,
+        *,
+        keep_decoder_memory: bool = False,
     ) -> VitsModel:
         """Load a voice, splitting it (or reusing the cached split) when possible.
 
@@ -131,6 +138,7 @@ class VitsModel:
             )
 
         shrink = session_options.enable_cpu_mem_arena
+        keep = keep_decoder_memory
         if split is None:
             _LOGGER.info(
                 "No decoder seam recognised in %s; using whole-utterance synthesis", model_path
@@ -164,6 +172,7 @@ class VitsModel:
                     vocoder_session=parts.get("vocoder"),
                     margin=margin,
                     shrink_arena=shrink,
+                    keep_decoder_memory=keep,
                 )
                 problem = model._probe()
             except Exception as err:  # e.g. a damaged cache file; the whole model works
@@ -268,14 +277,14 @@ class VitsModel:
             feeds = {split.vocoder.seam_name: np.ascontiguousarray(seam)}
             if g_name is not None and g_name in self._vocoder_inputs and latent.g is not None:
                 feeds[g_name] = latent.g
-            out = self._vocoder.run(None, feeds, self._run_options)[0]
+            out = self._vocoder.run(None, feeds, self._decoder_options)[0]
         elif self._decoder is not None:
             feeds = {split.z_name: latent.z[:, :, lo:hi]}
             if latent.mask is not None:
                 feeds[split.mask_name] = latent.mask[:, :, lo:hi]
             if g_name is not None and latent.g is not None:
                 feeds[g_name] = latent.g
-            out = self._decoder.run(None, feeds, self._run_options)[0]
+            out = self._decoder.run(None, feeds, self._decoder_options)[0]
         else:
             raise ValueError("model has no decoder")
         audio: FloatArray = out.reshape(-1)
@@ -292,7 +301,7 @@ class VitsModel:
         g_name = split.g_name
         if g_name is not None and g_name in self._flow_inputs and latent.g is not None:
             feeds[g_name] = latent.g
-        flowed: np.ndarray = self._flow.run(None, feeds, self._run_options)[0]
+        flowed: np.ndarray = self._flow.run(None, feeds, self._decoder_options)[0]
         return flowed
 
     def full(

@@ -190,6 +190,7 @@ def load_voice(
     intra_op_threads: int,
     max_ids: int,
     pinned: bool = False,
+    keep_decoder_memory: bool = False,
 ) -> LoadedVoice:
     """Load, split and warm a voice with real inference over the whole graph.
 
@@ -204,6 +205,7 @@ def load_voice(
             cache_dir,
             session_options(intra_op_threads),
             entry.info.hop_length,
+            keep_decoder_memory=keep_decoder_memory,
         )
         phonemizer = PiperVoice(session=None, config=config)
     except Exception as err:

@@ -54,6 +54,7 @@ class PoolConfig:
     intra_op_threads: int
     max_utterance_ids: int
     cache_dir: Path
+    keep_decoder_memory: bool = False
 
 
 @dataclass(frozen=True)
@@ -234,6 +235,7 @@ class VoicePool:
                 self._config.intra_op_threads,
                 self._config.max_utterance_ids,
                 pinned,
+                self._config.keep_decoder_memory,
             )
         except TtsError:
             self._load_failures += 1
