@@ -120,11 +120,14 @@ def test_seam_found_and_cache_reused(
     assert split.vocoder is not None
     assert (split.vocoder.flow_margin, split.vocoder.vocoder_margin) == (32, 12)
     assert model.margin == 12
+    # The two later upsampling stages (at 8 and 64 samples per frame) reach about a frame.
+    assert [(t.rate, t.margin) for t in split.vocoder.tail] == [(8, 1), (64, 1)]
     files = [
         split.frontend_path,
         split.decoder_path,
         split.vocoder.flow_path,
         split.vocoder.vocoder_path,
+        *(t.path for t in split.vocoder.tail),
         split.frontend_path.parent / "split.json",
     ]
     mtimes = [p.stat().st_mtime_ns for p in files]

@@ -29,7 +29,7 @@ from onnx import helper, numpy_helper
 _LOGGER = logging.getLogger(__name__)
 
 #: Bump when the split logic or the cache layout changes, so stale caches are ignored.
-CACHE_VERSION = 2
+CACHE_VERSION = 3
 
 _RANDOM_OPS = frozenset({"RandomNormalLike", "RandomNormal", "RandomUniformLike", "RandomUniform"})
 _CONV_OPS = frozenset({"Conv", "ConvTranspose"})
@@ -52,14 +52,31 @@ _AXIS_OPS = frozenset({"Slice", "Split", "Concat", "Unsqueeze", "Squeeze"})
 
 
 @dataclass(frozen=True)
+class VocoderStage:
+    """A later upsampling stage of the vocoder, run on its own over frame sub-windows."""
+
+    path: Path
+    input_name: str
+    rate: int
+    """Samples per frame of its input."""
+    margin: int
+    """Frames of context it needs on each side."""
+
+
+@dataclass(frozen=True)
 class VocoderSplit:
-    """The decoder cut between flow and vocoder, with each part's reach in frames."""
+    """The decoder cut between flow and vocoder, with each part's reach in frames.
+
+    ``vocoder_path`` computes the vocoder up to its first upsampling stage, or all of it
+    when ``tail`` is empty; the ``tail`` stages then follow one after another.
+    """
 
     flow_path: Path
     vocoder_path: Path
     seam_name: str
     flow_margin: int
     vocoder_margin: int
+    tail: tuple[VocoderStage, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -122,6 +139,9 @@ def split_voice_model(model_path: Path, cache_dir: Path) -> SplitModel | None:
             "seam_name": vocoder.seam_name,
             "flow_margin": vocoder.flow_margin,
             "vocoder_margin": vocoder.vocoder_margin,
+            "tail": [
+                {"input": t.input_name, "rate": t.rate, "margin": t.margin} for t in vocoder.tail
+            ],
         }
     else:
         _LOGGER.info("No flow/vocoder seam in %s; decoding flow and vocoder together", model_path)
@@ -178,16 +198,27 @@ def _read_cache(entry_dir: Path, digest: str) -> tuple[bool, SplitModel | None]:
     if spec is not None:
         flow_path, vocoder_path = entry_dir / _FLOW_FILE, entry_dir / _VOCODER_FILE
         try:
+            tail = tuple(
+                VocoderStage(
+                    entry_dir / _stage_file(i),
+                    str(stage["input"]),
+                    int(stage["rate"]),
+                    int(stage["margin"]),
+                )
+                for i, stage in enumerate(spec["tail"], start=1)
+            )
             vocoder = VocoderSplit(
                 flow_path,
                 vocoder_path,
                 str(spec["seam_name"]),
                 int(spec["flow_margin"]),
                 int(spec["vocoder_margin"]),
+                tail,
             )
         except (TypeError, KeyError, ValueError):
             return False, None
-        if not (flow_path.is_file() and vocoder_path.is_file()):
+        paths = [flow_path, vocoder_path, *(t.path for t in tail)]
+        if not all(path.is_file() for path in paths):
             return False, None
     return True, SplitModel(frontend_path, decoder_path, z_name, mask_name, g_name, vocoder)
 
@@ -385,10 +416,10 @@ def _find_vocoder_seam(graph: _Graph, audio: str, stop: set[str]) -> str | None:
     return seam
 
 
-def receptive_field(model: onnx.ModelProto, sources: Iterable[str]) -> int | None:
+def receptive_field(model: onnx.ModelProto, sources: Iterable[str], rate: int = 1) -> int | None:
     """Frames of input on either side that one output frame can depend on.
 
-    Walks the graph from the frame-aligned ``sources`` ([N, C, frames]), adding each
+    Walks the graph from the ``sources`` ([N, C, frames * rate]), adding each
     convolution's reach (in frames, at the sample rate of that point in the graph). Returns
     None when an op that might mix frames in an unknown way is met, so callers never
     under-estimate.
@@ -398,15 +429,15 @@ def receptive_field(model: onnx.ModelProto, sources: Iterable[str]) -> int | Non
         if node.op_type == "Constant" and node.attribute and node.attribute[0].name == "value":
             constants[node.output[0]] = numpy_helper.to_array(node.attribute[0].t)
     reach = {name: 0.0 for name in sources}
-    rate = {name: 1.0 for name in sources}  # samples per frame at this tensor
+    samples = {name: float(rate) for name in sources}  # samples per frame at this tensor
     frame_axis = {name: 2 for name in sources}
     for node in model.graph.node:
         framed = [name for name in node.input if name in reach]
         if not framed or node.op_type in _SHAPE_OPS:
             continue
         far = max(reach[name] for name in framed)
-        step, axis = rate[framed[0]], frame_axis[framed[0]]
-        if any(rate[name] != step or frame_axis[name] != axis for name in framed):
+        step, axis = samples[framed[0]], frame_axis[framed[0]]
+        if any(samples[name] != step or frame_axis[name] != axis for name in framed):
             return None
         attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
         if node.op_type in ("Conv", "ConvTranspose"):
@@ -433,7 +464,7 @@ def receptive_field(model: onnx.ModelProto, sources: Iterable[str]) -> int | Non
         elif node.op_type not in _POINTWISE_OPS:
             return None
         for name in node.output:
-            reach[name], rate[name], frame_axis[name] = far, step, axis
+            reach[name], samples[name], frame_axis[name] = far, step, axis
     out = model.graph.output[0].name
     return math.ceil(reach[out]) if out in reach else None
 
@@ -567,9 +598,74 @@ def _split_decoder(decoder: onnx.ModelProto, cut: _Cut, entry_dir: Path) -> Voco
         return None
     for part in (flow, vocoder):
         onnx.checker.check_model(part)
+    staged = _split_vocoder(vocoder, seam, given, entry_dir)
+    head, tail = staged if staged is not None else (vocoder, [])
     result = VocoderSplit(
-        entry_dir / _FLOW_FILE, entry_dir / _VOCODER_FILE, seam, flow_margin, vocoder_margin
+        entry_dir / _FLOW_FILE,
+        entry_dir / _VOCODER_FILE,
+        seam,
+        flow_margin,
+        vocoder_margin,
+        tuple(stage for stage, _ in tail),
     )
     _write_atomic(result.flow_path, flow.SerializeToString())
-    _write_atomic(result.vocoder_path, vocoder.SerializeToString())
+    _write_atomic(result.vocoder_path, head.SerializeToString())
+    for stage, part in tail:
+        _write_atomic(stage.path, part.SerializeToString())
     return result
+
+
+def _split_vocoder(
+    vocoder: onnx.ModelProto, seam: str, given: set[str], entry_dir: Path
+) -> tuple[onnx.ModelProto, list[tuple[VocoderStage, onnx.ModelProto]]] | None:
+    """Cut the vocoder before each upsampler after the first.
+
+    Its working memory grows with the sample rate, 32x from the first stage to the last,
+    so the later stages are run over short sub-windows of frames; their reach is about a
+    frame, so that costs almost nothing twice. None if the stages do not separate.
+    """
+    graph = _Graph(vocoder.graph)
+    audio = vocoder.graph.output[0].name
+    ups = [n for n in graph.nodes if n.op_type == "ConvTranspose"]
+    if len(ups) < 2:
+        return None
+    bounds = [seam] + [n.input[0] for n in ups[1:]] + [audio]
+    rates = [1]
+    for node in ups[:-1]:
+        strides = [a for a in node.attribute if a.name == "strides"]
+        rates.append(rates[-1] * (int(strides[0].ints[0]) if strides else 1))
+    inferred = onnx.shape_inference.infer_shapes(vocoder)
+    known = {vi.name: vi for vi in inferred.graph.value_info}
+    known.update({vi.name: vi for vi in vocoder.graph.input})
+    known.update({vi.name: vi for vi in vocoder.graph.output})
+    parts: list[onnx.ModelProto] = []
+    for i in range(len(bounds) - 1):
+        stop = {bounds[i]} | given
+        indices = graph.ancestors([bounds[i + 1]], stop=stop)
+        for idx in indices:
+            for name in graph.nodes[idx].input:
+                outside = graph.producer.get(name) not in indices
+                if name and name not in graph.initializers and name not in stop and outside:
+                    return None  # something reaches past the cut
+        nodes = [vocoder.graph.node[j] for j in sorted(indices)]
+        used = {name for node in nodes for name in node.input}
+        out = vocoder.graph.output[0] if i == len(bounds) - 2 else _value_info(bounds[i + 1], known)
+        inputs = [_value_info(bounds[i], known)]
+        inputs += [vi for vi in vocoder.graph.input if vi.name in used and vi.name != bounds[i]]
+        if i > 0 and len(inputs) > 1:
+            return None  # later stages take only the previous stage's output
+        parts.append(_make_model(vocoder, f"vocoder{i}", nodes, inputs=inputs, outputs=[out]))
+    tail: list[tuple[VocoderStage, onnx.ModelProto]] = []
+    for i, part in enumerate(parts[1:], start=1):
+        margin = receptive_field(part, [bounds[i]], rates[i])
+        if margin is None:
+            return None
+        onnx.checker.check_model(part)
+        stage = VocoderStage(entry_dir / _stage_file(i), bounds[i], rates[i], margin)
+        tail.append((stage, part))
+    onnx.checker.check_model(parts[0])
+    return parts[0], tail
+
+
+def _stage_file(index: int) -> str:
+    return f"vocoder{index}.onnx"

@@ -23,7 +23,7 @@ import numpy as np
 import numpy.typing as npt
 import onnxruntime
 
-from .split import SplitModel, split_voice_model
+from .split import SplitModel, VocoderStage, split_voice_model
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -32,6 +32,9 @@ _LOGGER = logging.getLogger(__name__)
 MARGIN_FRAMES = 32
 DEFAULT_HOP_LENGTH = 256
 _PROVIDERS = ["CPUExecutionProvider"]
+#: Frames per run of the vocoder's later stages: their working memory is 8-32x that of
+#: the first per frame, so short runs bound it (~0.3 MB per frame at the last stage).
+STAGE_WINDOW_FRAMES = 64
 #: Phoneme ids valid in every Piper voice (BOS, pad, EOS) for the load-time probe.
 _PROBE_IDS = (1, 0, 2, 0, 1, 0, 2)
 
@@ -75,6 +78,7 @@ class VitsModel:
         decoder_session: onnxruntime.InferenceSession | None = None,
         flow_session: onnxruntime.InferenceSession | None = None,
         vocoder_session: onnxruntime.InferenceSession | None = None,
+        tail_sessions: Sequence[onnxruntime.InferenceSession] = (),
         margin: int = MARGIN_FRAMES,
         shrink_arena: bool = False,
         keep_decoder_memory: bool = False,
@@ -92,6 +96,9 @@ class VitsModel:
         staged = split.vocoder if split is not None else None
         if flow_session is None or vocoder_session is None:
             staged = None
+        if staged is not None and len(tail_sessions) != len(staged.tail):
+            raise ValueError("one session per vocoder stage is needed")
+        self._tail = list(zip(staged.tail, tail_sessions, strict=True)) if staged else []
         self.staged = staged is not None
         """Flow and vocoder are separate sessions (`with_flow` does something)."""
         self.splittable = split is not None and (self.staged or decoder_session is not None)
@@ -152,12 +159,9 @@ class VitsModel:
             )
         attempts: list[tuple[str, dict[str, Path]]] = []
         if split.vocoder is not None:
-            attempts.append(
-                (
-                    "flow/vocoder split",
-                    {"flow": split.vocoder.flow_path, "vocoder": split.vocoder.vocoder_path},
-                )
-            )
+            paths = {"flow": split.vocoder.flow_path, "vocoder": split.vocoder.vocoder_path}
+            paths.update({f"tail{i}": t.path for i, t in enumerate(split.vocoder.tail)})
+            attempts.append(("flow/vocoder split", paths))
         attempts.append(("decoder split", {"decoder": split.decoder_path}))
         problems: list[str] = []
         for what, paths in attempts:
@@ -170,6 +174,7 @@ class VitsModel:
                     decoder_session=parts.get("decoder"),
                     flow_session=parts.get("flow"),
                     vocoder_session=parts.get("vocoder"),
+                    tail_sessions=[v for k, v in parts.items() if k.startswith("tail")],
                     margin=margin,
                     shrink_arena=shrink,
                     keep_decoder_memory=keep,
@@ -278,6 +283,8 @@ class VitsModel:
             if g_name is not None and g_name in self._vocoder_inputs and latent.g is not None:
                 feeds[g_name] = latent.g
             out = self._vocoder.run(None, feeds, self._decoder_options)[0]
+            for stage, session in self._tail:
+                out = self._run_stage(stage, session, out, hi - lo)
         elif self._decoder is not None:
             feeds = {split.z_name: latent.z[:, :, lo:hi]}
             if latent.mask is not None:
@@ -289,6 +296,25 @@ class VitsModel:
             raise ValueError("model has no decoder")
         audio: FloatArray = out.reshape(-1)
         return audio
+
+    def _run_stage(
+        self,
+        stage: VocoderStage,
+        session: onnxruntime.InferenceSession,
+        inputs: np.ndarray,
+        frames: int,
+    ) -> np.ndarray:
+        """A later vocoder stage over ``frames`` frames, STAGE_WINDOW_FRAMES at a time."""
+        rate = stage.rate
+        pieces = []
+        for first in range(0, frames, STAGE_WINDOW_FRAMES):
+            last = min(frames, first + STAGE_WINDOW_FRAMES)
+            lo, hi = max(0, first - stage.margin), min(frames, last + stage.margin)
+            window = np.ascontiguousarray(inputs[..., lo * rate : hi * rate])
+            out = session.run(None, {stage.input_name: window}, self._decoder_options)[0]
+            per_frame = out.shape[-1] // (hi - lo)
+            pieces.append(out[..., (first - lo) * per_frame : (last - lo) * per_frame])
+        return pieces[0] if len(pieces) == 1 else np.concatenate(pieces, axis=-1)
 
     def _run_flow(self, latent: Latent, lo: int, hi: int) -> np.ndarray:
         """Flow output for frames [lo, hi), edges included (invalid within its margin)."""
