@@ -131,7 +131,8 @@ class Settings:
     # --- pool ---
     max_voices: int = _opt(
         3,
-        "Voices kept loaded at once (~70-120 MB each). Least recently used idle ones go first.",
+        "Voices kept loaded at once (~80 MB each, ~140 MB with `keep_decoder_memory`). "
+        "Least recently used idle ones go first.",
         group="pool",
     )
     idle_timeout: float = _opt(
@@ -237,8 +238,9 @@ class Settings:
     )
     max_chunk_frames: int = _opt(
         300,
-        "Largest decoder chunk in frames (~0.3 MB of working memory each, plus 64 frames of "
-        "overlap per call). Lower bounds peak memory; higher wastes less on overlap.",
+        "Largest vocoder chunk in frames (~0.05 MB of working memory each; its later stages "
+        "run 64 frames at a time), plus 24 frames of overlap per call. Lower bounds memory "
+        "and cancellation time; higher wastes less on overlap.",
         group="synthesis",
     )
     max_ahead_seconds: float = _opt(
