@@ -383,3 +383,11 @@ def test_speakers_by_name_or_id_and_info() -> None:
     assert voice.voices[0].languages == ["en_GB"]
     assert [s.name for s in voice.voices[0].speakers or []] == ["alice", "bob", "carol"]
     assert voice.voices[0].version == "1.0.0"
+
+
+async def test_warm_up_times_the_decoder(voices_dir, cache_dir, closing) -> None:
+    """The engine sizes its first chunks by this; a few tenths of a ms per frame here."""
+    pool, _ = make_pool(voices_dir, cache_dir)
+    closing.append(pool)
+    async with pool.acquire("en_US-a-medium") as voice:
+        assert 0.0 < voice.frame_seconds < 0.01

@@ -82,7 +82,8 @@ class LoadedVoice:
     stale: bool = False
     warming: bool = field(default=False)
     frame_seconds: float = 0.0
-    """Decoder seconds per frame in a whole-utterance decode, measured at warm-up."""
+    """Decoder seconds per frame over whole utterances, measured at warm-up: the engine's
+    first guess for sizing chunks."""
 
     @property
     def name(self) -> str:
@@ -135,21 +136,27 @@ class LoadedVoice:
     def frontend(self, ids: Sequence[int], params: SynthParams) -> Latent:
         return self.model.frontend(ids, params.scales, params.speaker_id)
 
-    def speak_blocking(self, text: str, params: SynthParams, max_ids: int) -> list[np.ndarray]:
+    def speak_blocking(
+        self,
+        text: str,
+        params: SynthParams,
+        max_ids: int,
+        frame_costs: list[float] | None = None,
+    ) -> list[np.ndarray]:
         """Whole utterances, unchunked: warm-up, calibration and tests.
 
-        Also times the decoder per frame, the engine's first guess for sizing chunks.
+        ``frame_costs`` receives the decoder's seconds per frame of each utterance (the
+        flow already run, as for every chunk after the first).
         """
         out = []
-        costs = []
         for ids in self.phoneme_ids(text, max_ids):
             latent = self.model.with_flow(self.frontend(ids, params), 0)
             started = time.perf_counter()
             out.append(self.model.decode(latent, 0, latent.num_frames))
-            costs.append((time.perf_counter() - started) / max(1, latent.num_frames))
+            if frame_costs is not None:
+                frame_costs.append((time.perf_counter() - started) / max(1, latent.num_frames))
         if not out:
             raise NoSpeech("Nothing to say in that text.")
-        self.frame_seconds = statistics.median(costs)
         return out
 
 
@@ -214,15 +221,17 @@ def load_voice(
     voice = LoadedVoice(
         entry=entry, model=model, phonemizer=phonemizer, gain=1.0, load_seconds=0.0, pinned=pinned
     )
+    costs: list[float] = []
     try:
         params = voice.params(None, None, None, None)
         peaks = [
             float(np.max(np.abs(a)))
-            for a in voice.speak_blocking(CALIBRATION_TEXT, params, max_ids)
+            for a in voice.speak_blocking(CALIBRATION_TEXT, params, max_ids, costs)
         ]
     except Exception as err:
         _LOGGER.debug("Warm-up of %s failed", entry.name, exc_info=True)
         raise VoiceLoadFailed(f"Voice '{entry.name}' failed its warm-up: {_reason(err)}") from err
+    voice.frame_seconds = statistics.median(costs)
     usable = [p for p in peaks if p > 1e-4]
     voice.gain = statistics.median(1.0 / p for p in usable) if usable else 1.0
     voice.load_seconds = time.perf_counter() - started
