@@ -232,8 +232,9 @@ class Settings:
     )
     first_chunk_frames: int = _opt(
         16,
-        "Frames (11.6 ms each at 22 kHz) decoded first, so audio leaves at once. "
-        "Smaller starts sooner; later chunks grow with the audio already ahead.",
+        "Frames (11.6 ms each at 22 kHz) decoded first, so audio leaves at once; later "
+        "chunks grow with the audio already ahead. Smaller leaves less time for the next "
+        "chunk: 8 gained nothing measurable here and left a gap in 5 of 15 replies.",
         group="synthesis",
     )
     max_chunk_frames: int = _opt(

@@ -502,10 +502,7 @@ def _frame_axis_after(
 
 
 def _build_models(model: onnx.ModelProto, cut: _Cut) -> tuple[onnx.ModelProto, onnx.ModelProto]:
-    inferred = onnx.shape_inference.infer_shapes(model)
-    value_info = {vi.name: vi for vi in inferred.graph.value_info}
-    value_info.update({vi.name: vi for vi in model.graph.input})
-    value_info.update({vi.name: vi for vi in model.graph.output})
+    value_info = _typed_tensors(model)
     crossing = [cut.z_name, cut.mask_name] + ([cut.g_name] if cut.g_name else [])
     crossing_info = [_value_info(name, value_info) for name in crossing]
 
@@ -527,6 +524,15 @@ def _build_models(model: onnx.ModelProto, cut: _Cut) -> tuple[onnx.ModelProto, o
         outputs=[graph.output[0]],
     )
     return frontend, decoder
+
+
+def _typed_tensors(model: onnx.ModelProto) -> dict[str, onnx.ValueInfoProto]:
+    """Type and shape of every tensor shape inference can name, for cut points' I/O."""
+    inferred = onnx.shape_inference.infer_shapes(model)
+    known = {vi.name: vi for vi in inferred.graph.value_info}
+    known.update({vi.name: vi for vi in model.graph.input})
+    known.update({vi.name: vi for vi in model.graph.output})
+    return known
 
 
 def _value_info(name: str, known: dict[str, onnx.ValueInfoProto]) -> onnx.ValueInfoProto:
@@ -566,10 +572,7 @@ def _split_decoder(decoder: onnx.ModelProto, cut: _Cut, entry_dir: Path) -> Voco
     seam = _find_vocoder_seam(graph, audio, given)
     if seam is None:
         return None
-    inferred = onnx.shape_inference.infer_shapes(decoder)
-    known = {vi.name: vi for vi in inferred.graph.value_info}
-    known.update({vi.name: vi for vi in decoder.graph.input})
-    known.update({vi.name: vi for vi in decoder.graph.output})
+    known = _typed_tensors(decoder)
     flow_nodes = [decoder.graph.node[i] for i in sorted(graph.ancestors([seam], stop=set()))]
     vocoder_nodes = [
         decoder.graph.node[i] for i in sorted(graph.ancestors([audio], stop={seam} | given))
@@ -634,10 +637,7 @@ def _split_vocoder(
     for node in ups[:-1]:
         strides = [a for a in node.attribute if a.name == "strides"]
         rates.append(rates[-1] * (int(strides[0].ints[0]) if strides else 1))
-    inferred = onnx.shape_inference.infer_shapes(vocoder)
-    known = {vi.name: vi for vi in inferred.graph.value_info}
-    known.update({vi.name: vi for vi in vocoder.graph.input})
-    known.update({vi.name: vi for vi in vocoder.graph.output})
+    known = _typed_tensors(vocoder)
     parts: list[onnx.ModelProto] = []
     for i in range(len(bounds) - 1):
         stop = {bounds[i]} | given

@@ -146,10 +146,8 @@ class VitsModel:
 
         shrink = session_options.enable_cpu_mem_arena
         keep = keep_decoder_memory
-        if split is None:
-            _LOGGER.info(
-                "No decoder seam recognised in %s; using whole-utterance synthesis", model_path
-            )
+
+        def whole() -> VitsModel:
             return cls(
                 hop_length=hop_length,
                 frontend_session=session(model_path),
@@ -157,6 +155,12 @@ class VitsModel:
                 margin=margin,
                 shrink_arena=shrink,
             )
+
+        if split is None:
+            _LOGGER.info(
+                "No decoder seam recognised in %s; using whole-utterance synthesis", model_path
+            )
+            return whole()
         attempts: list[tuple[str, dict[str, Path]]] = []
         if split.vocoder is not None:
             paths = {"flow": split.vocoder.flow_path, "vocoder": split.vocoder.vocoder_path}
@@ -194,13 +198,7 @@ class VitsModel:
             model_path,
             "; ".join(problems),
         )
-        return cls(
-            hop_length=hop_length,
-            frontend_session=session(model_path),
-            split=None,
-            margin=margin,
-            shrink_arena=shrink,
-        )
+        return whole()
 
     def frontend(
         self,
