@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import json
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -221,6 +222,27 @@ def test_damaged_flow_falls_back_to_joint_decoder(
     assert fallback.margin == 32
     assert len(caplog.records) == 1
     assert "flow/vocoder split unusable" in caplog.records[0].getMessage()
+
+
+def test_wrong_stage_margin_is_caught_at_load(
+    split: SplitModel, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A stage margin too small for its reach shows at load, not as clicks in audio."""
+    entry = tmp_path / "cache" / split.frontend_path.parent.name
+    entry.mkdir(parents=True)
+    for path in split.frontend_path.parent.iterdir():
+        if path.name != "split.json":
+            (entry / path.name).symlink_to(path)
+    meta = json.loads((split.frontend_path.parent / "split.json").read_text())
+    for stage in meta["vocoder"]["tail"]:
+        stage["margin"] = 0
+    (entry / "split.json").write_text(json.dumps(meta))
+    with caplog.at_level("WARNING", logger="wyoming_tts.synth.vits"):
+        fallback = VitsModel.load(MODEL_PATH, tmp_path / "cache", _session_options(), HOP)
+    assert fallback.splittable
+    assert not fallback.staged
+    assert len(caplog.records) == 1
+    assert "sub-windows differ" in caplog.records[0].getMessage()
 
 
 def test_concurrent_decodes_agree(
