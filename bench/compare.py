@@ -73,6 +73,7 @@ class Options:
     keep_logs: bool
     output: Path | None
     ours_args: list[str]
+    settle: float = 0.0
 
 
 def log(msg: str) -> None:
@@ -177,6 +178,10 @@ async def phase_texts(opts: Options, pair: Sequence[Server]) -> dict[str, Any]:
                     if not result.ok:
                         log(f"{server.label} {name} {mode}: {result.error_code} {result.error}")
                     raw[name][mode][server.label].append(result)
+                    if opts.settle:
+                        # Each request starts on a quiet machine, as a satellite's would:
+                        # the other server's threads have finished spinning down.
+                        await asyncio.sleep(opts.settle)
                 k += 1
         log(f"texts: repetition {rep + 1}/{opts.reps} done")
     out: dict[str, Any] = {}
@@ -533,6 +538,13 @@ def parse_args(argv: Sequence[str] | None = None) -> Options:
         help="Extra arguments for our server, e.g. --ours-args='--max-voices 4' "
         "(default: none; the comparison uses both servers' defaults).",
     )
+    parser.add_argument(
+        "--settle",
+        type=float,
+        default=0.0,
+        help="Seconds of quiet after each request of the texts phase (default 0: back to "
+        "back, so one server's lingering threads can slow the other's next request).",
+    )
     parser.add_argument("--keep-logs", action="store_true", help="Keep the temp voice dir too.")
     args = parser.parse_args(argv)
     quick = bool(args.quick)
@@ -556,6 +568,7 @@ def parse_args(argv: Sequence[str] | None = None) -> Options:
         keep_logs=args.keep_logs,
         output=args.output,
         ours_args=shlex.split(args.ours_args),
+        settle=max(0.0, args.settle),
     )
     return opts
 
