@@ -345,6 +345,9 @@ async def test_exception_in_one_synthesis_fails_only_that_request(
             str(cache_dir),
             "--keep-alive-interval",
             "0",
+            # A shared onnxruntime pool is the process's, and this process is pytest's:
+            # every later session in it would have to use that pool too.
+            "--no-shared-threads",
         ],
         {},
     )

@@ -27,6 +27,7 @@ from .info import PROGRAM_NAME, voice_languages
 from .synth.engine import EngineConfig, Synthesizer
 from .synth.scheduler import Scheduler
 from .voices.catalog import VoiceCatalog, VoiceEntry
+from .voices.loaded import share_threads
 from .voices.pool import PoolConfig, VoicePool
 
 _LOGGER = logging.getLogger(__name__)
@@ -63,6 +64,8 @@ class App:
                 max_utterance_ids=settings.max_utterance_ids,
                 cache_dir=settings.effective_cache_dir,
                 keep_decoder_memory=settings.keep_decoder_memory,
+                # The shared pool must exist before the first session of the process.
+                shared_threads=settings.shared_threads and share_threads(settings.intra_op_threads),
             ),
             self.catalog,
             self.scheduler,

@@ -32,15 +32,36 @@ CALIBRATION_TEXT = (
 KEEP_ALIVE_TEXT = "Ok."
 
 
-def session_options(intra_op_threads: int) -> onnxruntime.SessionOptions:
-    """Options chosen for many small concurrent runs on a small CPU.
+def share_threads(threads: int) -> bool:
+    """Give the sessions of this process one onnxruntime thread pool; False if it cannot.
 
-    Spinning threads burn a core while idle and add 20-30 ms to first audio
-    under concurrency. The CPU arena is on (decoder 0.42 ms/frame against 0.51
-    without it) and shrunk after every run (0.46 ms/frame), so the peak of a
-    long utterance is given back instead of held per voice (~70 MB each).
+    Its threads spin while work is coming, which only pays when nothing else spins: a
+    pool per session, each spinning, fought itself. The pool is the process's: a second
+    call keeps the first one's size, and from then on every session of the process must
+    use it (`session_options(..., shared=True)`).
+    """
+    from onnxruntime.capi import _pybind_state
+
+    try:
+        _pybind_state.set_global_thread_pool_sizes(threads, 1)
+    except Exception as err:  # onnxruntime raises its own Fail type
+        if "already been created" not in str(err):
+            _LOGGER.warning("No shared onnxruntime thread pool (%s); one per session", err)
+            return False
+    return True
+
+
+def session_options(intra_op_threads: int, shared: bool = False) -> onnxruntime.SessionOptions:
+    """Options chosen for many small runs on a small CPU.
+
+    ``shared``: run on the process-wide pool set up by `share_threads`. Otherwise each
+    session gets its own pool, without spinning: spinning pools of several sessions
+    steal each other's cores (first audio 50 -> 62 ms). The CPU arena is on; whether it
+    is kept between runs is the model's choice (see VitsModel).
     """
     opts = onnxruntime.SessionOptions()
+    if shared:
+        opts.use_per_session_threads = False
     opts.intra_op_num_threads = intra_op_threads
     opts.inter_op_num_threads = 1
     opts.execution_mode = onnxruntime.ExecutionMode.ORT_SEQUENTIAL
@@ -198,6 +219,7 @@ def load_voice(
     max_ids: int,
     pinned: bool = False,
     keep_decoder_memory: bool = False,
+    shared_threads: bool = False,
 ) -> LoadedVoice:
     """Load, split and warm a voice with real inference over the whole graph.
 
@@ -210,7 +232,7 @@ def load_voice(
         model = VitsModel.load(
             entry.model_path,
             cache_dir,
-            session_options(intra_op_threads),
+            session_options(intra_op_threads, shared_threads),
             entry.info.hop_length,
             keep_decoder_memory=keep_decoder_memory,
         )

@@ -57,6 +57,7 @@ class PoolConfig:
     max_utterance_ids: int
     cache_dir: Path
     keep_decoder_memory: bool = False
+    shared_threads: bool = False
 
 
 @dataclass(frozen=True)
@@ -238,6 +239,7 @@ class VoicePool:
                 self._config.max_utterance_ids,
                 pinned,
                 self._config.keep_decoder_memory,
+                self._config.shared_threads,
             )
         except TtsError:
             self._load_failures += 1
