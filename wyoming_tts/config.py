@@ -173,9 +173,8 @@ class Settings:
     )
     intra_op_threads: int = _opt(
         2,
-        "onnxruntime threads per inference. 2 makes a lone request ~1.5x faster and keeps "
-        "first audio lowest under load; 1 gives ~30% more total throughput when several "
-        "clients speak at once (see README).",
+        "onnxruntime threads: the shared pool's size, or each session's without "
+        "`shared_threads`. 2 puts both cores of a small machine on every step (see README).",
         group="pool",
     )
     keep_decoder_memory: bool = _opt(
