@@ -168,7 +168,9 @@ async def phase_texts(opts: Options, pair: Sequence[Server]) -> dict[str, Any]:
     for rep in range(opts.reps):
         for name, text in TEXTS.items():
             for mode in ("plain", "streaming"):
-                for server in alternate(pair, k):
+                # Each text and mode goes first on each server in turn, rep after rep
+                # (k alone would always put the same server first for a given mode).
+                for server in alternate(pair, k + rep):
                     result = await speak(
                         server.port,
                         text,
