@@ -205,15 +205,21 @@ def test_kept_decoder_memory_decodes_the_same(
     assert _max_lsb(np.concatenate(chunks), full) <= MAX_LSB
 
 
+def _linked_cache(split: SplitModel, cache: Path, but: str) -> Path:
+    """A cache entry linking to the real split's files, all but ``but``; returns it."""
+    entry = cache / split.frontend_path.parent.name
+    entry.mkdir(parents=True)
+    for path in split.frontend_path.parent.iterdir():
+        if path.name != but:
+            (entry / path.name).symlink_to(path)
+    return entry
+
+
 def test_damaged_flow_falls_back_to_joint_decoder(
     split: SplitModel, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     """A broken flow/vocoder cut still leaves chunked decoding, with one warning."""
-    entry = tmp_path / "cache" / split.frontend_path.parent.name
-    entry.mkdir(parents=True)
-    for path in split.frontend_path.parent.iterdir():
-        (entry / path.name).symlink_to(path)
-    (entry / "flow.onnx").unlink()
+    entry = _linked_cache(split, tmp_path / "cache", but="flow.onnx")
     (entry / "flow.onnx").write_bytes(b"not a model")
     with caplog.at_level("WARNING", logger="wyoming_tts.synth.vits"):
         fallback = VitsModel.load(MODEL_PATH, tmp_path / "cache", _session_options(), HOP)
@@ -228,11 +234,7 @@ def test_wrong_stage_margin_is_caught_at_load(
     split: SplitModel, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     """A stage margin too small for its reach shows at load, not as clicks in audio."""
-    entry = tmp_path / "cache" / split.frontend_path.parent.name
-    entry.mkdir(parents=True)
-    for path in split.frontend_path.parent.iterdir():
-        if path.name != "split.json":
-            (entry / path.name).symlink_to(path)
+    entry = _linked_cache(split, tmp_path / "cache", but="split.json")
     meta = json.loads((split.frontend_path.parent / "split.json").read_text())
     for stage in meta["vocoder"]["tail"]:
         stage["margin"] = 0
