@@ -35,6 +35,9 @@ from .vits import Latent
 INITIAL_FRAME_COST = 0.0008
 #: Share of the audio already ahead of playback that the next chunk may take to compute.
 SAFETY = 0.6
+#: Seconds of audio ahead of playback below which a playing response's steps are urgent
+#: too, so new requests' first steps cannot starve it into a gap.
+LOW_WATER = 0.5
 
 EventSink = Callable[[Event], Awaitable[None]]
 
@@ -124,7 +127,12 @@ class Synthesizer:
                     if first_audio_at is not None and voice.model.staged and latent.flowed is None:
                         # Once audio flows, the flow runs once over the rest of the
                         # utterance; from then on each chunk costs only the vocoder.
-                        latent = await self._scheduler.run(voice.model.with_flow, latent, start)
+                        latent = await self._scheduler.run(
+                            voice.model.with_flow,
+                            latent,
+                            start,
+                            urgent=_starving(first_audio_at, produced_seconds),
+                        )
                     remaining = total - start
                     if first_audio_at is None:
                         end = start + self.config.first_chunk_frames
@@ -144,7 +152,11 @@ class Synthesizer:
                     end = min(end, total)
                     t0 = time.perf_counter()
                     audio = await self._scheduler.run(
-                        voice.model.decode, latent, start, end, urgent=first_audio_at is None
+                        voice.model.decode,
+                        latent,
+                        start,
+                        end,
+                        urgent=_starving(first_audio_at, produced_seconds),
                     )
                     spent = time.perf_counter() - t0
                     if first_audio_at is not None:  # the first window also runs the flow
@@ -201,6 +213,13 @@ class Synthesizer:
                     continue
                 stats.utterances += 1
                 yield _Utterance(latent=latent, starts_sentence=(i == 0))
+
+
+def _starving(first_audio_at: float | None, produced_seconds: float) -> bool:
+    """Before first audio, or with under LOW_WATER seconds of it left to play."""
+    if first_audio_at is None:
+        return True
+    return produced_seconds - (time.perf_counter() - first_audio_at) < LOW_WATER
 
 
 async def _next(gen: AsyncGenerator[_Utterance, None]) -> _Utterance | None:

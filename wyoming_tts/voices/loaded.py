@@ -40,9 +40,9 @@ def share_threads(threads: int) -> bool:
     call keeps the first one's size, and from then on every session of the process must
     use it (`session_options(..., shared=True)`).
     """
-    from onnxruntime.capi import _pybind_state
+    try:  # not in onnxruntime's public Python API: any failure means per-session pools
+        from onnxruntime.capi import _pybind_state
 
-    try:
         _pybind_state.set_global_thread_pool_sizes(threads, 1)
     except Exception as err:  # onnxruntime raises its own Fail type
         if "already been created" not in str(err):
