@@ -573,27 +573,10 @@ def _split_decoder(decoder: onnx.ModelProto, cut: _Cut, entry_dir: Path) -> Voco
     if seam is None:
         return None
     known = _typed_tensors(decoder)
-    flow_nodes = [decoder.graph.node[i] for i in sorted(graph.ancestors([seam], stop=set()))]
-    vocoder_nodes = [
-        decoder.graph.node[i] for i in sorted(graph.ancestors([audio], stop={seam} | given))
-    ]
-    flow_used = {name for node in flow_nodes for name in node.input}
-    vocoder_used = {name for node in vocoder_nodes for name in node.input}
-    seam_info = _value_info(seam, known)
-    flow = _make_model(
-        decoder,
-        "flow",
-        flow_nodes,
-        inputs=[vi for vi in decoder.graph.input if vi.name in flow_used],
-        outputs=[seam_info],
-    )
-    vocoder = _make_model(
-        decoder,
-        "vocoder",
-        vocoder_nodes,
-        inputs=[seam_info] + [vi for vi in decoder.graph.input if vi.name in vocoder_used],
-        outputs=[decoder.graph.output[0]],
-    )
+    flow = _part(decoder, graph, known, "flow", None, seam, given)
+    vocoder = _part(decoder, graph, known, "vocoder", seam, audio, given)
+    if flow is None or vocoder is None:
+        return None
     frame_inputs = [cut.z_name, cut.mask_name]
     flow_margin = receptive_field(flow, frame_inputs)
     vocoder_margin = receptive_field(vocoder, [seam])
@@ -640,21 +623,10 @@ def _split_vocoder(
     known = _typed_tensors(vocoder)
     parts: list[onnx.ModelProto] = []
     for i in range(len(bounds) - 1):
-        stop = {bounds[i]} | given
-        indices = graph.ancestors([bounds[i + 1]], stop=stop)
-        for idx in indices:
-            for name in graph.nodes[idx].input:
-                outside = graph.producer.get(name) not in indices
-                if name and name not in graph.initializers and name not in stop and outside:
-                    return None  # something reaches past the cut
-        nodes = [vocoder.graph.node[j] for j in sorted(indices)]
-        used = {name for node in nodes for name in node.input}
-        out = vocoder.graph.output[0] if i == len(bounds) - 2 else _value_info(bounds[i + 1], known)
-        inputs = [_value_info(bounds[i], known)]
-        inputs += [vi for vi in vocoder.graph.input if vi.name in used and vi.name != bounds[i]]
-        if i > 0 and len(inputs) > 1:
-            return None  # later stages take only the previous stage's output
-        parts.append(_make_model(vocoder, f"vocoder{i}", nodes, inputs=inputs, outputs=[out]))
+        part = _part(vocoder, graph, known, f"vocoder{i}", bounds[i], bounds[i + 1], given)
+        if part is None or (i > 0 and len(part.graph.input) > 1):
+            return None  # later stages must take only the previous stage's output
+        parts.append(part)
     tail: list[tuple[VocoderStage, onnx.ModelProto]] = []
     for i, part in enumerate(parts[1:], start=1):
         margin = receptive_field(part, [bounds[i]], rates[i])
@@ -665,6 +637,33 @@ def _split_vocoder(
         tail.append((stage, part))
     onnx.checker.check_model(parts[0])
     return parts[0], tail
+
+
+def _part(
+    source: onnx.ModelProto,
+    graph: _Graph,
+    known: dict[str, onnx.ValueInfoProto],
+    name: str,
+    start: str | None,
+    end: str,
+    given: set[str],
+) -> onnx.ModelProto | None:
+    """The nodes computing ``end`` from ``start`` (None: from the graph's inputs) and
+    ``given``, as a model of its own; None if anything else reaches past the cut."""
+    stop = given | ({start} if start else set())
+    indices = graph.ancestors([end], stop=stop)
+    for idx in indices:
+        for tensor in graph.nodes[idx].input:
+            if not tensor or tensor in graph.initializers or tensor in stop:
+                continue
+            if graph.producer.get(tensor) not in indices and (start or tensor not in graph.inputs):
+                return None
+    nodes = [source.graph.node[j] for j in sorted(indices)]
+    used = {tensor for node in nodes for tensor in node.input}
+    inputs = [_value_info(start, known)] if start else []
+    inputs += [vi for vi in source.graph.input if vi.name in used and vi.name != start]
+    outputs = [vi for vi in source.graph.output if vi.name == end] or [_value_info(end, known)]
+    return _make_model(source, name, nodes, inputs=inputs, outputs=outputs)
 
 
 def _stage_file(index: int) -> str:

@@ -60,16 +60,17 @@ def session_options(intra_op_threads: int, shared: bool = False) -> onnxruntime.
     is kept between runs is the model's choice (see VitsModel).
     """
     opts = onnxruntime.SessionOptions()
-    if shared:
-        opts.use_per_session_threads = False
-    opts.intra_op_num_threads = intra_op_threads
-    opts.inter_op_num_threads = 1
     opts.execution_mode = onnxruntime.ExecutionMode.ORT_SEQUENTIAL
     opts.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
     opts.enable_cpu_mem_arena = True
+    opts.log_severity_level = 3
+    if shared:  # sizes and spinning are the shared pool's; setting them here only warns
+        opts.use_per_session_threads = False
+        return opts
+    opts.intra_op_num_threads = intra_op_threads
+    opts.inter_op_num_threads = 1
     opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     opts.add_session_config_entry("session.inter_op.allow_spinning", "0")
-    opts.log_severity_level = 3
     return opts
 
 
