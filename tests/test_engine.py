@@ -181,3 +181,26 @@ def test_sessions_without_arena_still_decode(voice: LoadedVoice, cache_dir: Path
     ids = voice.phoneme_ids("Short test.", 600)[0]
     latent = model.frontend(ids, (0.0, 1.0, 0.0), None)
     assert model.decode(latent, 0, latent.num_frames).size == latent.num_frames * voice.hop_length
+
+
+async def test_warm_up_reaches_the_largest_decoder_run(
+    voice: LoadedVoice, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Kept decoder memory is sized at load: no engine run is larger than warm-up's."""
+    from wyoming_tts.voices.loaded import _reach_working_size
+
+    windows: list[int] = []
+    decode_window = voice.model._decode_window
+
+    def recording(latent: object, lo: int, hi: int, *args: object) -> object:
+        windows.append(hi - lo)
+        return decode_window(latent, lo, hi, *args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(voice.model, "_decode_window", recording)
+    text = " ".join(ORDINARY * 4).replace(".", ",") + " and that is all."
+    await speak(voice, [text], max_chunk_frames=100, max_utterance_ids=600)
+    engine_largest = max(windows)
+    windows.clear()
+    _reach_working_size(voice, voice.params(None, None, None, None), 600, 100)
+    assert windows == [100 + 4 * voice.model.margin]
+    assert windows[0] >= engine_largest

@@ -66,6 +66,7 @@ class App:
                 keep_decoder_memory=settings.keep_decoder_memory,
                 # The shared pool must exist before the first session of the process.
                 shared_threads=settings.shared_threads and share_threads(settings.intra_op_threads),
+                max_chunk_frames=settings.max_chunk_frames,
             ),
             self.catalog,
             self.scheduler,

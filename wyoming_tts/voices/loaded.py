@@ -221,8 +221,13 @@ def load_voice(
     pinned: bool = False,
     keep_decoder_memory: bool = False,
     shared_threads: bool = False,
+    max_chunk_frames: int = 0,
 ) -> LoadedVoice:
     """Load, split and warm a voice with real inference over the whole graph.
+
+    With ``keep_decoder_memory``, the decoder also runs once at the largest sizes a
+    request can give it (``max_ids``, ``max_chunk_frames``), so its kept memory is part
+    of the idle figure rather than a surprise on the first long reply.
 
     Raises VoiceLoadFailed for anything wrong with the files, so a bad voice
     fails its own requests and nothing else.
@@ -251,6 +256,8 @@ def load_voice(
             float(np.max(np.abs(a)))
             for a in voice.speak_blocking(CALIBRATION_TEXT, params, max_ids, costs)
         ]
+        if keep_decoder_memory and max_chunk_frames > 0:
+            _reach_working_size(voice, params, max_ids, max_chunk_frames)
     except Exception as err:
         _LOGGER.debug("Warm-up of %s failed", entry.name, exc_info=True)
         raise VoiceLoadFailed(f"Voice '{entry.name}' failed its warm-up: {_reason(err)}") from err
@@ -259,6 +266,28 @@ def load_voice(
     voice.gain = statistics.median(1.0 / p for p in usable) if usable else 1.0
     voice.load_seconds = time.perf_counter() - started
     return voice
+
+
+def _reach_working_size(
+    voice: LoadedVoice, params: SynthParams, max_ids: int, max_chunk_frames: int
+) -> None:
+    """Run flow and vocoder once over the largest inputs the engine can give them.
+
+    Kept arenas grow to the largest run they have seen, by powers of two: a first long
+    reply would otherwise add ~30 MB that stays. The utterance is the calibration
+    text's ids repeated up to ``max_ids``; its audio is thrown away.
+    """
+    ids: list[int] = []
+    pieces = voice.phoneme_ids(CALIBRATION_TEXT, max_ids)
+    while pieces and len(ids) < max_ids:
+        for piece in pieces:
+            ids.extend(piece)
+    latent = voice.model.with_flow(voice.frontend(ids[:max_ids], params), 0)
+    margin = voice.model.margin
+    # The engine's largest vocoder call is a remainder of up to max_chunk_frames + 2
+    # margins taken whole, plus its left context: one margin more covers it.
+    end = min(latent.num_frames, max_chunk_frames + 3 * margin)
+    voice.model.decode(latent, min(margin, end), end)
 
 
 def keep_alive(voice: LoadedVoice) -> None:

@@ -58,6 +58,7 @@ class PoolConfig:
     cache_dir: Path
     keep_decoder_memory: bool = False
     shared_threads: bool = False
+    max_chunk_frames: int = 0
 
 
 @dataclass(frozen=True)
@@ -240,6 +241,7 @@ class VoicePool:
                 pinned,
                 self._config.keep_decoder_memory,
                 self._config.shared_threads,
+                self._config.max_chunk_frames,
             )
         except TtsError:
             self._load_failures += 1
