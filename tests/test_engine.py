@@ -192,9 +192,9 @@ async def test_warm_up_reaches_the_largest_decoder_run(
     windows: list[int] = []
     decode_window = voice.model._decode_window
 
-    def recording(latent: object, lo: int, hi: int, *args: object) -> object:
+    def recording(latent: object, lo: int, hi: int, *args: object, **kw: object) -> object:
         windows.append(hi - lo)
-        return decode_window(latent, lo, hi, *args)  # type: ignore[arg-type]
+        return decode_window(latent, lo, hi, *args, **kw)  # type: ignore[arg-type]
 
     monkeypatch.setattr(voice.model, "_decode_window", recording)
     text = " ".join(ORDINARY * 4).replace(".", ",") + " and that is all."

@@ -123,6 +123,8 @@ def test_seam_found_and_cache_reused(
     assert model.margin == 12
     # The two later upsampling stages (at 8 and 64 samples per frame) reach about a frame.
     assert [(t.rate, t.margin) for t in split.vocoder.tail] == [(8, 1), (64, 1)]
+    # Together ~0.94 + ~0.21 frames: the first stage's output they need around a chunk.
+    assert split.vocoder.tail_context == 2
     files = [
         split.frontend_path,
         split.decoder_path,
@@ -245,6 +247,22 @@ def test_wrong_stage_margin_is_caught_at_load(
     assert not fallback.staged
     assert len(caplog.records) == 1
     assert "sub-windows differ" in caplog.records[0].getMessage()
+
+
+def test_wrong_tail_context_is_caught_at_load(
+    split: SplitModel, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Later stages given too little of the first stage's output show at load too."""
+    entry = _linked_cache(split, tmp_path / "cache", but="split.json")
+    meta = json.loads((split.frontend_path.parent / "split.json").read_text())
+    meta["vocoder"]["tail_context"] = 0
+    (entry / "split.json").write_text(json.dumps(meta))
+    with caplog.at_level("WARNING", logger="wyoming_tts.synth.vits"):
+        fallback = VitsModel.load(MODEL_PATH, tmp_path / "cache", _session_options(), HOP)
+    assert fallback.splittable
+    assert not fallback.staged
+    assert len(caplog.records) == 1
+    assert "around kept frames differ" in caplog.records[0].getMessage()
 
 
 def test_concurrent_decodes_agree(

@@ -29,7 +29,7 @@ from onnx import helper, numpy_helper
 _LOGGER = logging.getLogger(__name__)
 
 #: Bump when the split logic or the cache layout changes, so stale caches are ignored.
-CACHE_VERSION = 3
+CACHE_VERSION = 4
 
 _RANDOM_OPS = frozenset({"RandomNormalLike", "RandomNormal", "RandomUniformLike", "RandomUniform"})
 _CONV_OPS = frozenset({"Conv", "ConvTranspose"})
@@ -77,6 +77,9 @@ class VocoderSplit:
     flow_margin: int
     vocoder_margin: int
     tail: tuple[VocoderStage, ...] = ()
+    tail_context: int | None = None
+    """Frames of the first stage's output the later stages together reach on each side
+    (None: not known); they need not run over all of a window's context."""
 
 
 @dataclass(frozen=True)
@@ -142,6 +145,7 @@ def split_voice_model(model_path: Path, cache_dir: Path) -> SplitModel | None:
             "tail": [
                 {"input": t.input_name, "rate": t.rate, "margin": t.margin} for t in vocoder.tail
             ],
+            "tail_context": vocoder.tail_context,
         }
     else:
         _LOGGER.info("No flow/vocoder seam in %s; decoding flow and vocoder together", model_path)
@@ -207,6 +211,7 @@ def _read_cache(entry_dir: Path, digest: str) -> tuple[bool, SplitModel | None]:
                 )
                 for i, stage in enumerate(spec["tail"], start=1)
             )
+            context = spec.get("tail_context")
             vocoder = VocoderSplit(
                 flow_path,
                 vocoder_path,
@@ -214,6 +219,7 @@ def _read_cache(entry_dir: Path, digest: str) -> tuple[bool, SplitModel | None]:
                 int(spec["flow_margin"]),
                 int(spec["vocoder_margin"]),
                 tail,
+                None if context is None else int(context),
             )
         except (TypeError, KeyError, ValueError):
             return False, None
@@ -417,7 +423,14 @@ def _find_vocoder_seam(graph: _Graph, audio: str, stop: set[str]) -> str | None:
 
 
 def receptive_field(model: onnx.ModelProto, sources: Iterable[str], rate: int = 1) -> int | None:
-    """Frames of input on either side that one output frame can depend on.
+    """Whole frames of input on either side that one output frame can depend on."""
+    reach = _reach(model, sources, rate)
+    return None if reach is None else math.ceil(reach)
+
+
+def _reach(model: onnx.ModelProto, sources: Iterable[str], rate: int = 1) -> float | None:
+    """Frames (fractional: a sample of a later stage is a fraction of a frame) of input on
+    either side that one output frame can depend on.
 
     Walks the graph from the ``sources`` ([N, C, frames * rate]), adding each
     convolution's reach (in frames, at the sample rate of that point in the graph). Returns
@@ -466,7 +479,7 @@ def receptive_field(model: onnx.ModelProto, sources: Iterable[str], rate: int = 
         for name in node.output:
             reach[name], samples[name], frame_axis[name] = far, step, axis
     out = model.graph.output[0].name
-    return math.ceil(reach[out]) if out in reach else None
+    return reach.get(out)
 
 
 def _frame_axis_after(
@@ -585,7 +598,7 @@ def _split_decoder(decoder: onnx.ModelProto, cut: _Cut, entry_dir: Path) -> Voco
     for part in (flow, vocoder):
         onnx.checker.check_model(part)
     staged = _split_vocoder(vocoder, seam, given, entry_dir)
-    head, tail = staged if staged is not None else (vocoder, [])
+    head, tail, tail_context = staged if staged is not None else (vocoder, [], None)
     result = VocoderSplit(
         entry_dir / _FLOW_FILE,
         entry_dir / _VOCODER_FILE,
@@ -593,6 +606,7 @@ def _split_decoder(decoder: onnx.ModelProto, cut: _Cut, entry_dir: Path) -> Voco
         flow_margin,
         vocoder_margin,
         tuple(stage for stage, _ in tail),
+        tail_context,
     )
     _write_atomic(result.flow_path, flow.SerializeToString())
     _write_atomic(result.vocoder_path, head.SerializeToString())
@@ -603,12 +617,13 @@ def _split_decoder(decoder: onnx.ModelProto, cut: _Cut, entry_dir: Path) -> Voco
 
 def _split_vocoder(
     vocoder: onnx.ModelProto, seam: str, given: set[str], entry_dir: Path
-) -> tuple[onnx.ModelProto, list[tuple[VocoderStage, onnx.ModelProto]]] | None:
+) -> tuple[onnx.ModelProto, list[tuple[VocoderStage, onnx.ModelProto]], int] | None:
     """Cut the vocoder before each upsampler after the first.
 
     Its working memory grows with the sample rate, 32x from the first stage to the last,
     so the later stages are run over short sub-windows of frames; their reach is about a
-    frame, so that costs almost nothing twice. None if the stages do not separate.
+    frame, so that costs almost nothing twice. Also returns the later stages' combined
+    reach in whole frames. None if the stages do not separate.
     """
     graph = _Graph(vocoder.graph)
     audio = vocoder.graph.output[0].name
@@ -628,15 +643,19 @@ def _split_vocoder(
             return None  # later stages must take only the previous stage's output
         parts.append(part)
     tail: list[tuple[VocoderStage, onnx.ModelProto]] = []
+    reach = 0.0
     for i, part in enumerate(parts[1:], start=1):
-        margin = receptive_field(part, [bounds[i]], rates[i])
-        if margin is None:
+        stage_reach = _reach(part, [bounds[i]], rates[i])
+        if stage_reach is None:
             return None
+        reach += stage_reach
         onnx.checker.check_model(part)
-        stage = VocoderStage(entry_dir / _stage_file(i), bounds[i], rates[i], margin)
+        stage = VocoderStage(
+            entry_dir / _stage_file(i), bounds[i], rates[i], math.ceil(stage_reach)
+        )
         tail.append((stage, part))
     onnx.checker.check_model(parts[0])
-    return parts[0], tail
+    return parts[0], tail, math.ceil(reach)
 
 
 def _part(

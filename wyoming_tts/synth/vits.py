@@ -105,6 +105,13 @@ class VitsModel:
         self._flow_margin = staged.flow_margin if staged is not None else 0
         self.margin = staged.vocoder_margin if staged is not None else margin
         """Frames of context decoded twice on each side of a window."""
+        # The first stage's output is exact but within its own reach of a window's edges,
+        # and that reach plus the later stages' is within the margin: so the later stages
+        # need only their own reach of it around the frames kept.
+        context = staged.tail_context if staged is not None and self._tail else None
+        self._tail_context = context if context is not None and context <= self.margin else None
+        """Frames of the first stage's output the later stages get on each side of a chunk;
+        None: they run over the whole window."""
         # With the CPU arena on, each run shrinks it afterwards: the arena's speed inside a
         # run without holding its peak between runs. Decoder runs may keep it instead
         # (keep_decoder_memory): no pages to fault in again, at the cost of holding the
@@ -261,13 +268,22 @@ class VitsModel:
             return np.zeros(0, dtype=np.float32)
         lo = max(0, start - self.margin)
         hi = min(latent.num_frames, end + self.margin)
-        audio = self._decode_window(latent, lo, hi)
-        return np.ascontiguousarray(audio[(start - lo) * hop : (end - lo) * hop])
+        audio, first = self._decode_window(latent, lo, hi, keep=(start, end))
+        return np.ascontiguousarray(audio[(start - first) * hop : (end - first) * hop])
 
     def _decode_window(
-        self, latent: Latent, lo: int, hi: int, stage_frames: int = STAGE_WINDOW_FRAMES
-    ) -> FloatArray:
-        """Raw decoder output for frames [lo, hi), edges included."""
+        self,
+        latent: Latent,
+        lo: int,
+        hi: int,
+        stage_frames: int = STAGE_WINDOW_FRAMES,
+        keep: tuple[int, int] | None = None,
+    ) -> tuple[FloatArray, int]:
+        """Raw decoder output for frames [lo, hi), edges included, and its first frame.
+
+        With ``keep``, the frames wanted, the later vocoder stages run only over those and
+        the context they need, so the output may start after ``lo`` and end before ``hi``.
+        """
         split = self._split
         if split is None or latent.z is None:
             raise ValueError("latent was not produced by this model's split frontend")
@@ -276,13 +292,21 @@ class VitsModel:
             if latent.flowed is not None and lo >= latent.flowed_from:
                 seam = latent.flowed[:, :, lo - latent.flowed_from : hi - latent.flowed_from]
             else:
-                first = max(0, lo - self._flow_margin)
-                last = min(latent.num_frames, hi + self._flow_margin)
-                seam = self._run_flow(latent, first, last)[:, :, lo - first : hi - first]
+                flow_lo = max(0, lo - self._flow_margin)
+                flow_hi = min(latent.num_frames, hi + self._flow_margin)
+                seam = self._run_flow(latent, flow_lo, flow_hi)[:, :, lo - flow_lo : hi - flow_lo]
             feeds = {split.vocoder.seam_name: np.ascontiguousarray(seam)}
             if g_name is not None and g_name in self._vocoder_inputs and latent.g is not None:
                 feeds[g_name] = latent.g
             out = self._vocoder.run(None, feeds, self._decoder_options)[0]
+            if keep is not None and self._tail_context is not None:
+                # The later stages need the first stage's output only within their reach
+                # of the frames kept.
+                first = max(lo, keep[0] - self._tail_context)
+                last = min(hi, keep[1] + self._tail_context)
+                rate = self._tail[0][0].rate
+                out = out[..., (first - lo) * rate : (last - lo) * rate]
+                lo, hi = first, last
             for stage, session in self._tail:
                 out = self._run_stage(stage, session, out, hi - lo, stage_frames)
         elif self._decoder is not None:
@@ -295,7 +319,7 @@ class VitsModel:
         else:
             raise ValueError("model has no decoder")
         audio: FloatArray = out.reshape(-1)
-        return audio
+        return audio, lo
 
     def _run_stage(
         self,
@@ -379,15 +403,25 @@ class VitsModel:
                 flowed = self._run_flow(latent, 0, frames)
                 if flowed.ndim != 3 or flowed.shape[2] != frames:
                     return f"flow output has shape {flowed.shape} for {frames} frames"
-            audio = self._decode_window(latent, 0, frames)
+            audio, _ = self._decode_window(latent, 0, frames)
             if audio.shape[0] != frames * self.hop_length:
                 return f"{audio.shape[0]} samples for {frames} frames at hop {self.hop_length}"
             if self._tail and frames > 2:
                 # The later stages in sub-windows of a third must give the same audio.
-                pieces = self._decode_window(latent, 0, frames, max(1, frames // 3))
+                pieces, _ = self._decode_window(latent, 0, frames, max(1, frames // 3))
                 worst = float(np.abs(pieces - audio).max(initial=0.0))
                 if worst > 2 / 32767:
                     return f"vocoder stages in sub-windows differ by {worst * 32767:.0f} LSB"
+            context = self._tail_context
+            if context is not None and frames > 2 * context + 2:
+                # ... and so must the later stages run only around the frames kept.
+                keep = (context + 1, frames - context - 1)
+                kept, first = self._decode_window(latent, 0, frames, keep=keep)
+                hop = self.hop_length
+                got = kept[(keep[0] - first) * hop : (keep[1] - first) * hop]
+                worst = float(np.abs(got - audio[keep[0] * hop : keep[1] * hop]).max())
+                if worst > 2 / 32767:
+                    return f"vocoder stages around kept frames differ by {worst * 32767:.0f} LSB"
         except Exception as err:  # a probe failure must not stop the voice from loading
             return f"{type(err).__name__}: {err}"
         return None
