@@ -159,11 +159,11 @@ class Settings:
         group="pool",
     )
     shared_threads: bool = _opt(
-        True,
-        "One onnxruntime thread pool (`intra_op_threads` threads, spinning while busy) for "
-        "every voice and step, fed by one worker, urgent steps first. Off: a pool per "
-        "session without spinning and a worker per core (~12% more throughput when 4 "
-        "clients speak at once, ~20% later first audio and ~10% slower decoding).",
+        False,
+        "One onnxruntime thread pool (`intra_op_threads` threads) for every voice and step, "
+        "fed by one worker. Its threads spin, which onnxruntime's Python API cannot turn "
+        "off: beside any other busy process that cost ~40% more decoding time and later "
+        "first audio here. Off: a pool per session without spinning, a worker per core.",
         group="pool",
     )
     workers: int | None = _opt(
