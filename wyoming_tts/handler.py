@@ -369,8 +369,7 @@ class Connection:
             with contextlib.suppress(Exception):
                 await self._send(InternalError("Synthesis failed on the server.").to_event())
         finally:
-            with contextlib.suppress(Exception):
-                await services.pool.trim()  # decoder buffers back to the OS
+            services.pool.trim()  # decoder buffers back to the OS, once the server is quiet
             if self._state in (State.SPEAKING, State.FINISHING):
                 self._state = State.IDLE
             if self._closing:

@@ -37,8 +37,9 @@ from .loaded import LoadedVoice, keep_alive, load_voice
 _LOGGER = logging.getLogger(__name__)
 T = TypeVar("T")
 
-#: Seconds between heap trims after responses (a trim walks the heap: ~1-5 ms).
-TRIM_INTERVAL = 1.0
+#: Seconds without a request in flight before freed heap is trimmed (a trim walks the heap,
+#: ~1-5 ms of a core: never while someone waits for audio).
+TRIM_QUIET = 0.5
 #: Resident bytes a loaded voice costs per byte of model file (measured on medium voices).
 LOAD_COST_FACTOR = 1.6
 #: What a voice's kept decoder memory adds once it has spoken (measured: ~60 MB, medium).
@@ -122,7 +123,7 @@ class VoicePool:
         self._keep_alive_runs = 0
         self._maintenance: asyncio.Task[None] | None = None
         self._reserved = 0  # loads past _make_room, not yet in _voices
-        self._trimmed_at = 0.0
+        self._trimmer: asyncio.Task[None] | None = None
 
     # ------------------------------------------------------------------ I/O helpers
 
@@ -157,10 +158,11 @@ class VoicePool:
         )
 
     async def close(self) -> None:
-        if self._maintenance is not None:
-            self._maintenance.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._maintenance
+        for chore in (self._maintenance, self._trimmer):
+            if chore is not None:
+                chore.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await chore
         for task in self._loading.values():
             task.cancel()
         self._voices.clear()
@@ -399,12 +401,20 @@ class VoicePool:
             waiting_requests=self._scheduler.waiting_requests,
         )
 
-    async def trim(self) -> None:
-        """Give freed heap back to the OS (glibc keeps it otherwise); at most once a second."""
-        now = time.monotonic()
-        if now - self._trimmed_at < TRIM_INTERVAL:
-            return
-        self._trimmed_at = now
+    def trim(self) -> None:
+        """Give freed heap back to the OS (glibc keeps it otherwise) once the server is quiet.
+
+        Trimming right after a response took a core from the next request, which a client
+        sends at once; so it waits for `TRIM_QUIET` seconds with no request in flight.
+        """
+        if self._trimmer is None or self._trimmer.done():
+            self._trimmer = asyncio.create_task(self._trim_when_quiet(), name="heap-trim")
+
+    async def _trim_when_quiet(self) -> None:
+        while True:
+            await asyncio.sleep(TRIM_QUIET)
+            if self._scheduler.active_requests == 0 and self._scheduler.queued_steps == 0:
+                break
         # Not on the I/O thread: the next request's catalog lookup must not queue behind it.
         await asyncio.to_thread(trim_heap)
 
