@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -204,3 +205,47 @@ async def test_warm_up_reaches_the_largest_decoder_run(
     _reach_working_size(voice, voice.params(None, None, None, None), 600, 100)
     assert windows == [100 + 4 * voice.model.margin]
     assert windows[0] >= engine_largest
+
+
+async def test_first_chunk_grows_with_requests_in_flight(
+    voice: LoadedVoice, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Under load the first chunk must outlast the wait for the next one's turn."""
+    firsts: list[int] = []
+    decode = voice.model.decode
+
+    def recording(latent: object, start: int, end: int) -> object:
+        if start == 0:
+            firsts.append(end)
+        return decode(latent, start, end)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(voice.model, "decode", recording)
+    config = EngineConfig(
+        first_chunk_frames=16,
+        max_chunk_frames=300,
+        sentence_silence=0.0,
+        samples_per_chunk=1024,
+        max_utterance_ids=600,
+    )
+    scheduler = Scheduler(workers=1, max_queue=8)
+    params = voice.params(None, 0.0, None, 0.0)
+
+    async def speak_with(requests: int) -> None:
+        async with contextlib.AsyncExitStack() as stack:
+            for _ in range(requests):
+                await stack.enter_async_context(scheduler.admit())
+            framer = AudioFramer(voice.sample_rate, 1024)
+
+            async def send(event: Event) -> None:
+                pass
+
+            await Synthesizer(config, scheduler).speak(
+                voice, params, iterate([ORDINARY[1]]), framer, send, SpeechStats()
+            )
+
+    try:
+        for requests in (1, 3, 6):
+            await speak_with(requests)
+    finally:
+        scheduler.shutdown()
+    assert firsts == [16, 48, 64]

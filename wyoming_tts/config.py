@@ -240,8 +240,10 @@ class Settings:
     first_chunk_frames: int = _opt(
         16,
         "Frames (11.6 ms each at 22 kHz) decoded first, so audio leaves at once; later "
-        "chunks grow with the audio already ahead. Smaller leaves less time for the next "
-        "chunk: 8 gained nothing measurable here and left a gap in 5 of 15 replies.",
+        "chunks grow with the audio already ahead. Times the requests in flight (up to 4), "
+        "so a reply started under load lasts until its next chunk's turn. Smaller leaves "
+        "less time for the next chunk: 8 gained nothing measurable here and left a gap in "
+        "5 of 15 replies.",
         group="synthesis",
     )
     max_chunk_frames: int = _opt(

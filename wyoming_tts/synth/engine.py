@@ -38,6 +38,11 @@ SAFETY = 0.6
 #: Seconds of audio ahead of playback below which a playing response's steps are urgent
 #: too, so new requests' first steps cannot starve it into a gap.
 LOW_WATER = 0.5
+#: The first chunk grows with the requests in flight, up to this many times its size: the
+#: next chunk waits its turn behind theirs, and the first must last until it is ready.
+#: With 4 clients at once on 2 cores: replies with a gap 63 of 80 -> 0 of 80, first audio
+#: median 134 -> 165 ms, p95 and throughput unchanged.
+MAX_FIRST_CHUNK_FACTOR = 4
 
 EventSink = Callable[[Event], Awaitable[None]]
 
@@ -135,7 +140,7 @@ class Synthesizer:
                         )
                     remaining = total - start
                     if first_audio_at is None:
-                        end = start + self.config.first_chunk_frames
+                        end = start + self._first_chunk_frames()
                     else:
                         ahead = produced_seconds - (time.perf_counter() - first_audio_at)
                         affordable = int(max(0.0, ahead * SAFETY) / frame_cost)
@@ -191,6 +196,10 @@ class Synthesizer:
             await utterances.aclose()
             stats.total_seconds = time.perf_counter() - started
             stats.audio_seconds = framer.seconds_sent
+
+    def _first_chunk_frames(self) -> int:
+        crowd = min(MAX_FIRST_CHUNK_FACTOR, max(1, self._scheduler.active_requests))
+        return min(self.config.max_chunk_frames, self.config.first_chunk_frames * crowd)
 
     async def _utterances(
         self,
