@@ -56,7 +56,7 @@ async def speak(
     )
     for key, value in overrides.items():
         object.__setattr__(config, key, value)
-    scheduler = Scheduler(workers=2, max_queue=2)
+    scheduler = Scheduler(workers=2, max_queue=8)
     events: list[Event] = []
 
     async def send(event: Event) -> None:
