@@ -124,6 +124,7 @@ class VoicePool:
         self._maintenance: asyncio.Task[None] | None = None
         self._reserved = 0  # loads past _make_room, not yet in _voices
         self._trimmer: asyncio.Task[None] | None = None
+        self._closed = False
 
     # ------------------------------------------------------------------ I/O helpers
 
@@ -158,6 +159,7 @@ class VoicePool:
         )
 
     async def close(self) -> None:
+        self._closed = True
         for chore in (self._maintenance, self._trimmer):
             if chore is not None:
                 chore.cancel()
@@ -407,7 +409,7 @@ class VoicePool:
         Trimming right after a response took a core from the next request, which a client
         sends at once; so it waits for `TRIM_QUIET` seconds with no request in flight.
         """
-        if self._trimmer is None or self._trimmer.done():
+        if not self._closed and (self._trimmer is None or self._trimmer.done()):
             self._trimmer = asyncio.create_task(self._trim_when_quiet(), name="heap-trim")
 
     async def _trim_when_quiet(self) -> None:
