@@ -42,7 +42,7 @@ T = TypeVar("T")
 TRIM_QUIET = 0.5
 #: Resident bytes a loaded voice costs per byte of model file (measured on medium voices).
 LOAD_COST_FACTOR = 1.6
-#: What a voice's kept decoder memory adds once it has spoken (measured: ~60 MB, medium).
+#: What a voice's kept decoder memory adds, grown at load to its largest (~60 MB, medium).
 KEPT_DECODER_BYTES = 64 * 2**20
 
 
