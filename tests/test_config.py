@@ -146,12 +146,9 @@ def test_config_file_and_readme_document_every_setting() -> None:
         assert f"`{f.name}`" in readme
 
 
-def test_workers_follow_the_thread_pool_choice() -> None:
-    """One worker feeds a shared pool; without it, one worker per core, unless set."""
+def test_workers_default_to_one_per_core() -> None:
+    """One worker per core, unless set."""
     own, _ = load_settings([], {})
-    assert not own.shared_threads
     assert own.effective_workers == (os.cpu_count() or 1)
-    shared, _ = load_settings(["--shared-threads"], {})
-    assert shared.effective_workers == 1
     fixed, _ = load_settings([], {"WYOMING_TTS_WORKERS": "3"})
     assert fixed.effective_workers == 3

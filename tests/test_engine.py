@@ -14,11 +14,11 @@ from piper.voice import PiperVoice
 from wyoming.event import Event
 
 from wyoming_tts.audio import AudioFramer, fade_out, soft_limit, to_pcm16
+from wyoming_tts.runtime.scheduler import Scheduler
 from wyoming_tts.synth.engine import EngineConfig, SpeechStats, Synthesizer
-from wyoming_tts.synth.scheduler import Scheduler
 from wyoming_tts.synth.text import SentenceSplitter, split_long, split_text
 from wyoming_tts.voices.catalog import VoiceCatalog
-from wyoming_tts.voices.loaded import LoadedVoice, load_voice
+from wyoming_tts.voices.loader import LoadedVoice, load_voice
 
 from .conftest import rms_dbfs
 
@@ -176,8 +176,8 @@ def test_stream_without_boundaries_is_bounded() -> None:
 
 def test_sessions_without_arena_still_decode(voice: LoadedVoice, cache_dir: Path) -> None:
     """Arena shrinking is only requested where there is an arena to shrink."""
-    from wyoming_tts.synth.vits import VitsModel
-    from wyoming_tts.voices.loaded import session_options
+    from wyoming_tts.model.vits import VitsModel
+    from wyoming_tts.runtime.ort import session_options
 
     opts = session_options(1)
     opts.enable_cpu_mem_arena = False
@@ -192,7 +192,7 @@ async def test_warm_up_reaches_the_largest_decoder_run(
     voice: LoadedVoice, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Kept decoder memory is sized at load: no engine run is larger than warm-up's."""
-    from wyoming_tts.voices.loaded import _reach_working_size
+    from wyoming_tts.voices.loader import _reach_working_size
 
     windows: list[int] = []
     decode_window = voice.model._decode_window

@@ -19,9 +19,9 @@ from wyoming.info import Describe, Info
 from wyoming.tts import Synthesize, SynthesizeVoice
 
 from wyoming_tts.errors import Busy, MemoryExhausted, VoiceLoadFailed, VoiceNotFound
-from wyoming_tts.synth.scheduler import Scheduler
+from wyoming_tts.runtime.scheduler import Scheduler
 from wyoming_tts.voices.catalog import VoiceCatalog
-from wyoming_tts.voices.loaded import LoadedVoice, load_voice
+from wyoming_tts.voices.loader import LoadedVoice, load_voice
 from wyoming_tts.voices.pool import PoolConfig, VoicePool
 
 from .conftest import ServerProcess, connect, link_voice, read_until

@@ -13,7 +13,7 @@ from wyoming.event import Event, async_write_event
 from wyoming.info import Describe
 
 from wyoming_tts.errors import BadEvent
-from wyoming_tts.protocol import EventReader, IdleTimeout
+from wyoming_tts.server.protocol import EventReader, IdleTimeout
 
 from .conftest import ServerProcess, connect
 

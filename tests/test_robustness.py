@@ -331,8 +331,8 @@ async def test_exception_in_one_synthesis_fails_only_that_request(
     cache_dir: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     """A bug inside one synthesis: that client gets internal-error, everyone else is served."""
-    from wyoming_tts.app import App
     from wyoming_tts.config import load_settings
+    from wyoming_tts.server.app import App
 
     from .conftest import free_port
 
@@ -345,9 +345,6 @@ async def test_exception_in_one_synthesis_fails_only_that_request(
             str(cache_dir),
             "--keep-alive-interval",
             "0",
-            # A shared onnxruntime pool is the process's, and this process is pytest's:
-            # every later session in it would have to use that pool too.
-            "--no-shared-threads",
         ],
         {},
     )

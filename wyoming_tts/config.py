@@ -158,17 +158,9 @@ class Settings:
         "request after a quiet spell is not cold (0 disables). Costs a few ms of CPU each.",
         group="pool",
     )
-    shared_threads: bool = _opt(
-        False,
-        "One onnxruntime thread pool (`intra_op_threads` threads) for every voice and step, "
-        "fed by one worker. Its threads spin, which onnxruntime's Python API cannot turn "
-        "off: beside any other busy process that cost ~40% more decoding time and later "
-        "first audio here. Off: a pool per session without spinning, a worker per core.",
-        group="pool",
-    )
     workers: int | None = _opt(
         None,
-        "Inference steps computed in parallel. Unset: 1 with `shared_threads`, else the CPU count.",
+        "Inference steps computed in parallel. Unset: the CPU count.",
         group="pool",
     )
     intra_op_threads: int = _opt(
@@ -273,7 +265,7 @@ class Settings:
     def effective_workers(self) -> int:
         if self.workers:
             return self.workers
-        return 1 if self.shared_threads else os.cpu_count() or 1
+        return os.cpu_count() or 1
 
     @property
     def effective_memory_threshold_mb(self) -> int:

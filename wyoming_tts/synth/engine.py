@@ -27,9 +27,9 @@ from dataclasses import dataclass
 from wyoming.event import Event
 
 from ..audio import AudioFramer, fade_out, silence, to_pcm16
-from ..voices.loaded import LoadedVoice, SynthParams
-from .scheduler import Scheduler
-from .vits import Latent
+from ..model.vits import Latent
+from ..runtime.scheduler import Scheduler
+from ..voices.loader import LoadedVoice, SynthParams
 
 #: Guess of decoder seconds per frame for a voice not yet timed (its warm-up times it).
 INITIAL_FRAME_COST = 0.0008

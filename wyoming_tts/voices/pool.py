@@ -29,10 +29,10 @@ from pathlib import Path
 from typing import TypeVar
 
 from ..errors import Busy, MemoryExhausted, TtsError, VoiceLoadFailed, VoiceNotFound
-from ..memory import process_rss, trim_heap
-from ..synth.scheduler import Scheduler
+from ..runtime.memory import process_rss, trim_heap
+from ..runtime.scheduler import Scheduler
 from .catalog import VoiceCatalog, VoiceEntry
-from .loaded import LoadedVoice, keep_alive, load_voice
+from .loader import LoadedVoice, keep_alive, load_voice
 
 _LOGGER = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -58,7 +58,6 @@ class PoolConfig:
     max_utterance_ids: int
     cache_dir: Path
     keep_decoder_memory: bool = False
-    shared_threads: bool = False
     max_chunk_frames: int = 0
 
 
@@ -244,7 +243,6 @@ class VoicePool:
                 self._config.max_utterance_ids,
                 pinned,
                 self._config.keep_decoder_memory,
-                self._config.shared_threads,
                 self._config.max_chunk_frames,
             )
         except TtsError:

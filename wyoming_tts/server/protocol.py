@@ -15,7 +15,7 @@ from typing import Any
 
 from wyoming.event import Event
 
-from .errors import BadEvent
+from ..errors import BadEvent
 
 MAX_JSON_DEPTH = 16
 MAX_TYPE_LENGTH = 64

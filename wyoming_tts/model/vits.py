@@ -23,6 +23,7 @@ import numpy as np
 import numpy.typing as npt
 import onnxruntime
 
+from ..runtime.ort import PROVIDERS
 from .split import SplitModel, VocoderStage, split_voice_model
 
 _LOGGER = logging.getLogger(__name__)
@@ -31,7 +32,7 @@ _LOGGER = logging.getLogger(__name__)
 #: of medium Piper voices fits in this (chunked output within 1 int16 LSB of a full decode).
 MARGIN_FRAMES = 32
 DEFAULT_HOP_LENGTH = 256
-_PROVIDERS = ["CPUExecutionProvider"]
+
 #: Frames per run of the vocoder's later stages: their working memory is 8-32x that of
 #: the first per frame, so short runs bound it (~0.3 MB per frame at the last stage).
 STAGE_WINDOW_FRAMES = 64
@@ -148,7 +149,7 @@ class VitsModel:
 
         def session(path: Path) -> onnxruntime.InferenceSession:
             return onnxruntime.InferenceSession(
-                str(path), sess_options=session_options, providers=_PROVIDERS
+                str(path), sess_options=session_options, providers=PROVIDERS
             )
 
         shrink = session_options.enable_cpu_mem_arena

@@ -13,12 +13,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import onnxruntime
 from piper.config import PiperConfig
 from piper.voice import PiperVoice
 
 from ..errors import NoSpeech, VoiceLoadFailed
-from ..synth.vits import Latent, VitsModel
+from ..model.vits import Latent, VitsModel
+from ..runtime.ort import session_options
 from .catalog import VoiceEntry
 
 _LOGGER = logging.getLogger(__name__)
@@ -30,48 +30,6 @@ CALIBRATION_TEXT = (
     "Your timer for ten minutes has started."
 )
 KEEP_ALIVE_TEXT = "Ok."
-
-
-def share_threads(threads: int) -> bool:
-    """Give the sessions of this process one onnxruntime thread pool; False if it cannot.
-
-    Its threads spin while work is coming, which only pays when nothing else spins: a
-    pool per session, each spinning, fought itself. The pool is the process's: a second
-    call keeps the first one's size, and from then on every session of the process must
-    use it (`session_options(..., shared=True)`).
-    """
-    try:  # not in onnxruntime's public Python API: any failure means per-session pools
-        from onnxruntime.capi import _pybind_state
-
-        _pybind_state.set_global_thread_pool_sizes(threads, 1)
-    except Exception as err:  # onnxruntime raises its own Fail type
-        if "already been created" not in str(err):
-            _LOGGER.warning("No shared onnxruntime thread pool (%s); one per session", err)
-            return False
-    return True
-
-
-def session_options(intra_op_threads: int, shared: bool = False) -> onnxruntime.SessionOptions:
-    """Options chosen for many small runs on a small CPU.
-
-    ``shared``: run on the process-wide pool set up by `share_threads`. Otherwise each
-    session gets its own pool, without spinning: spinning pools of several sessions
-    steal each other's cores (first audio 50 -> 62 ms). The CPU arena is on; whether it
-    is kept between runs is the model's choice (see VitsModel).
-    """
-    opts = onnxruntime.SessionOptions()
-    opts.execution_mode = onnxruntime.ExecutionMode.ORT_SEQUENTIAL
-    opts.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
-    opts.enable_cpu_mem_arena = True
-    opts.log_severity_level = 3
-    if shared:  # sizes and spinning are the shared pool's; setting them here only warns
-        opts.use_per_session_threads = False
-        return opts
-    opts.intra_op_num_threads = intra_op_threads
-    opts.inter_op_num_threads = 1
-    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    opts.add_session_config_entry("session.inter_op.allow_spinning", "0")
-    return opts
 
 
 @dataclass(frozen=True)
@@ -220,7 +178,6 @@ def load_voice(
     max_ids: int,
     pinned: bool = False,
     keep_decoder_memory: bool = False,
-    shared_threads: bool = False,
     max_chunk_frames: int = 0,
 ) -> LoadedVoice:
     """Load, split and warm a voice with real inference over the whole graph.
@@ -238,7 +195,7 @@ def load_voice(
         model = VitsModel.load(
             entry.model_path,
             cache_dir,
-            session_options(intra_op_threads, shared_threads),
+            session_options(intra_op_threads),
             entry.info.hop_length,
             keep_decoder_memory=keep_decoder_memory,
         )

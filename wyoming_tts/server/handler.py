@@ -53,9 +53,9 @@ from wyoming.tts import (
     SynthesizeStopped,
 )
 
-from .audio import SAMPLE_WIDTH, AudioFramer
-from .config import Settings
-from .errors import (
+from ..audio import SAMPLE_WIDTH, AudioFramer
+from ..config import Settings
+from ..errors import (
     BadEvent,
     BadRequest,
     BadSequence,
@@ -67,13 +67,13 @@ from .errors import (
     TtsError,
     VoiceNotFound,
 )
-from .info import build_info
+from ..info import build_info
+from ..runtime.scheduler import Scheduler
+from ..synth.engine import SpeechStats, Synthesizer
+from ..synth.text import SentenceSplitter, add_punctuation, iter_sentences, normalize
+from ..voices.catalog import VoiceEntry
+from ..voices.pool import VoicePool
 from .protocol import EventReader, IdleTimeout
-from .synth.engine import SpeechStats, Synthesizer
-from .synth.scheduler import Scheduler
-from .synth.text import SentenceSplitter, add_punctuation, iter_sentences, normalize
-from .voices.catalog import VoiceEntry
-from .voices.pool import VoicePool
 
 _LOGGER = logging.getLogger(__name__)
 

@@ -18,17 +18,16 @@ from collections.abc import Mapping
 from pathlib import Path
 from urllib.parse import urlparse
 
-from . import __version__
-from .config import Settings
-from .discovery import Discovery, txt_properties
-from .errors import Busy, TtsError
+from .. import __version__
+from ..config import Settings
+from ..discovery import Discovery, txt_properties
+from ..errors import Busy, TtsError
+from ..info import PROGRAM_NAME, voice_languages
+from ..runtime.scheduler import Scheduler
+from ..synth.engine import EngineConfig, Synthesizer
+from ..voices.catalog import VoiceCatalog, VoiceEntry
+from ..voices.pool import PoolConfig, VoicePool
 from .handler import Connection, Services
-from .info import PROGRAM_NAME, voice_languages
-from .synth.engine import EngineConfig, Synthesizer
-from .synth.scheduler import Scheduler
-from .voices.catalog import VoiceCatalog, VoiceEntry
-from .voices.loaded import share_threads
-from .voices.pool import PoolConfig, VoicePool
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -64,8 +63,6 @@ class App:
                 max_utterance_ids=settings.max_utterance_ids,
                 cache_dir=settings.effective_cache_dir,
                 keep_decoder_memory=settings.keep_decoder_memory,
-                # The shared pool must exist before the first session of the process.
-                shared_threads=settings.shared_threads and share_threads(settings.intra_op_threads),
                 max_chunk_frames=settings.max_chunk_frames,
             ),
             self.catalog,
