@@ -1,4 +1,11 @@
-"""Shared fixtures: the real server on a loopback port, the real voice, a Wyoming client."""
+"""Shared fixtures and helpers: the real server on a loopback port, the real voice, a client.
+
+Most tests run the server in-process (`run_server`: the app on a free port in the
+test's own loop, one session loop for all); a few start it as a user does, as a
+subprocess (`ServerProcess`), for the CLI, signals, stdio, zeroconf and memory.
+Two autouse checks keep every test honest: no blocking call on the event loop from
+the package (blockbuster), and no thread left running after a test.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +16,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
@@ -16,14 +24,47 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from blockbuster import BlockBuster, blockbuster_ctx
 from wyoming.audio import AudioChunk, AudioStart, AudioStop
 from wyoming.client import AsyncTcpClient
 from wyoming.error import Error
 from wyoming.event import Event
+from wyoming.tts import Synthesize
 
-from wyoming_tts.config import bundled_voice_dir
+from wyoming_tts.config import bundled_voice_dir, load_settings
+from wyoming_tts.server.app import App
 
 VOICE = "en_US-joe-medium"
+#: Seconds a test waits for the threads it started to end.
+THREAD_GRACE = 5.0
+
+
+@pytest.fixture(autouse=True)
+def no_blocking_calls_on_the_loop() -> Iterator[BlockBuster]:
+    """Any blocking call the package makes on a running event loop fails the test."""
+    with blockbuster_ctx("wyoming_tts") as buster:
+        yield buster
+
+
+@pytest.fixture(autouse=True)
+def no_thread_outlives_the_test() -> Iterator[None]:
+    """Servers, pools and schedulers a test starts must stop their threads before it ends.
+
+    The event loop's default executor is exempt: its idle threads are the loop's.
+    """
+    before = set(threading.enumerate())
+    yield
+    deadline = time.monotonic() + THREAD_GRACE
+    while True:
+        left = [
+            t
+            for t in threading.enumerate()
+            if t not in before and t.is_alive() and not t.name.startswith("asyncio_")
+        ]
+        if not left or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    assert not left, f"threads outlived the test: {[t.name for t in left]}"
 
 
 def free_port() -> int:
@@ -181,15 +222,55 @@ def running_server(args: list[str], log_path: Path) -> Iterator[ServerProcess]:
         srv.stop()
 
 
+@dataclass
+class Server:
+    """A server in this process: its app, and the URI a client dials."""
+
+    app: App
+    uri: str
+
+
+@contextlib.asynccontextmanager
+async def run_server(*args: str, env: dict[str, str] | None = None) -> AsyncIterator[Server]:
+    """The real app on a free loopback port in this loop, until the block ends."""
+    argv = ["--uri", "tcp://127.0.0.1:0", "--keep-alive-interval", "0", *args]
+    settings, _ = load_settings(argv, env or {})
+    app = App(settings, handle_signals=False)
+    runner = asyncio.create_task(app.run(), name="test-server")
+    serving = asyncio.create_task(app.serving.wait())
+    await asyncio.wait({runner, serving}, return_when=asyncio.FIRST_COMPLETED)
+    serving.cancel()
+    if runner.done():
+        runner.result()  # start-up failed: raise it here
+        raise RuntimeError("the server stopped before it served")
+    try:
+        yield Server(app, f"tcp://127.0.0.1:{app.bound_port}")
+    finally:
+        app.request_stop()
+        await asyncio.wait_for(runner, 30)
+
+
 @pytest.fixture(scope="session")
-def server(
-    tmp_path_factory: pytest.TempPathFactory, cache_dir: Path, server_data_dir: Path
-) -> Iterator[ServerProcess]:
-    """One shared server for tests that do not change its state."""
-    args = ["--data-dir", str(server_data_dir), "--cache-dir", str(cache_dir)]
-    args += ["--keep-alive-interval", "0"]
-    with running_server(args, tmp_path_factory.mktemp("logs") / "server.log") as srv:
+async def server(cache_dir: Path, server_data_dir: Path) -> AsyncIterator[Server]:
+    """One shared in-process server for tests that do not change its state."""
+    async with run_server("--data-dir", str(server_data_dir), "--cache-dir", str(cache_dir)) as srv:
         yield srv
+
+
+async def still_serves(server: Server | ServerProcess) -> None:
+    """A fresh connection still gets real speech."""
+    async with connect(server.uri) as client:
+        await client.write_event(Synthesize(text="Still here.").event())
+        resp = await read_until(client)
+    assert resp.types[-1] == "audio-stop"
+    assert rms_dbfs(resp.audio) > -35
+
+
+async def open_raw(
+    server: Server | ServerProcess,
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    host, port = server.uri.removeprefix("tcp://").rsplit(":", 1)
+    return await asyncio.open_connection(host, int(port))
 
 
 @contextlib.asynccontextmanager

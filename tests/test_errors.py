@@ -19,18 +19,10 @@ from wyoming.tts import (
     SynthesizeVoice,
 )
 
-from .conftest import VOICE, ServerProcess, connect, read_until, rms_dbfs
+from .conftest import VOICE, Server, connect, read_until, still_serves
 
 
-async def still_serves(server: ServerProcess) -> None:
-    async with connect(server.uri) as client:
-        await client.write_event(Synthesize(text="Still here.").event())
-        resp = await read_until(client)
-    assert resp.types[-1] == "audio-stop"
-    assert rms_dbfs(resp.audio) > -35
-
-
-async def request_error(server: ServerProcess, event: Event) -> tuple[str | None, str]:
+async def request_error(server: Server, event: Event) -> tuple[str | None, str]:
     async with connect(server.uri) as client:
         # Raw JSON (ASCII-escaped) so that even lone surrogates reach the server.
         data = json.dumps(event.data).encode()
@@ -70,14 +62,14 @@ async def request_error(server: ServerProcess, event: Event) -> tuple[str | None
         ({"text": "a" * 100_001}, "text-too-long"),
     ],
 )
-async def test_request_errors(server: ServerProcess, data: dict[str, object], code: str) -> None:
+async def test_request_errors(server: Server, data: dict[str, object], code: str) -> None:
     got, text = await request_error(server, Event(type="synthesize", data=data))
     assert got == code
     assert text and "Traceback" not in text and "Error(" not in text
     await still_serves(server)
 
 
-async def test_error_keeps_connection_usable(server: ServerProcess) -> None:
+async def test_error_keeps_connection_usable(server: Server) -> None:
     async with connect(server.uri) as client:
         await client.write_event(Synthesize(text="Hi.", voice=SynthesizeVoice(name="nope")).event())
         resp = await read_until(client, ("error",))
@@ -93,7 +85,7 @@ async def test_error_keeps_connection_usable(server: ServerProcess) -> None:
         assert resp.types[-1] == "audio-stop"
 
 
-async def test_stream_restart_and_plain_after_stream(server: ServerProcess) -> None:
+async def test_stream_restart_and_plain_after_stream(server: Server) -> None:
     async with connect(server.uri) as client:
         await client.write_event(SynthesizeStart().event())
         await client.write_event(SynthesizeChunk(text="First stream that is abandoned").event())
@@ -108,7 +100,7 @@ async def test_stream_restart_and_plain_after_stream(server: ServerProcess) -> N
         assert resp.types[-1] == "audio-stop"
 
 
-async def test_stream_too_long_is_stopped(server: ServerProcess) -> None:
+async def test_stream_too_long_is_stopped(server: Server) -> None:
     async with connect(server.uri) as client:
         await client.write_event(SynthesizeStart().event())
         piece = "word " * 10_000  # 50,000 characters without a sentence end
@@ -122,7 +114,7 @@ async def test_stream_too_long_is_stopped(server: ServerProcess) -> None:
     await still_serves(server)
 
 
-async def test_empty_stream_is_well_formed(server: ServerProcess) -> None:
+async def test_empty_stream_is_well_formed(server: Server) -> None:
     async with connect(server.uri) as client:
         await client.write_event(SynthesizeStart().event())
         await client.write_event(SynthesizeChunk(text="  ... ").event())
@@ -134,7 +126,7 @@ async def test_empty_stream_is_well_formed(server: ServerProcess) -> None:
 # ---------------------------------------------------------------------- framing
 
 
-async def raw_exchange(server: ServerProcess, payload: bytes, wait: float = 15.0) -> list[Event]:
+async def raw_exchange(server: Server, payload: bytes, wait: float = 15.0) -> list[Event]:
     """Send raw bytes; collect events until the server closes the connection."""
     host, port = server.uri.removeprefix("tcp://").rsplit(":", 1)
     reader, writer = await asyncio.open_connection(host, int(port))
@@ -181,14 +173,14 @@ def header(obj: object) -> bytes:
         b"x" * 70_000 + b"\n",
     ],
 )
-async def test_bad_framing_gets_bad_event_then_close(server: ServerProcess, payload: bytes) -> None:
+async def test_bad_framing_gets_bad_event_then_close(server: Server, payload: bytes) -> None:
     events = await raw_exchange(server, payload)
     assert [e.type for e in events] == ["error"]
     assert events[0].data["code"] == "bad-event"
     await still_serves(server)
 
 
-async def test_unknown_event_type_is_ignored(server: ServerProcess) -> None:
+async def test_unknown_event_type_is_ignored(server: Server) -> None:
     async with connect(server.uri) as client:
         await client.write_event(Event(type="ping-pong-whatever", data={"x": 1}))
         await client.write_event(Synthesize(text="Still speaking.").event())

@@ -21,7 +21,7 @@ from wyoming.tts import Synthesize, SynthesizeVoice
 from wyoming_tts.errors import Busy, MemoryExhausted, VoiceLoadFailed, VoiceNotFound
 from wyoming_tts.runtime.scheduler import Scheduler
 from wyoming_tts.voices.catalog import VoiceCatalog
-from wyoming_tts.voices.loader import LoadedVoice, load_voice
+from wyoming_tts.voices.loader import LoadedVoice, LoadOptions, load_voice
 from wyoming_tts.voices.pool import PoolConfig, VoicePool
 
 from .conftest import ServerProcess, connect, link_voice, read_until
@@ -43,9 +43,9 @@ class CountingLoader:
     def __init__(self) -> None:
         self.calls: list[str] = []
 
-    def __call__(self, entry: Any, *args: Any) -> LoadedVoice:
+    def __call__(self, entry: Any, options: LoadOptions) -> LoadedVoice:
         self.calls.append(entry.name)
-        return load_voice(entry, *args)
+        return load_voice(entry, options)
 
 
 @pytest.fixture(scope="module")
@@ -74,18 +74,16 @@ def make_pool(
     clock = clock or time.monotonic
     pool = VoicePool(
         PoolConfig(
+            load=LoadOptions(cache_dir),
             max_voices=max_voices,
             idle_timeout=idle_timeout,
             keep_alive_interval=keep_alive_interval,
             memory_threshold_bytes=memory_threshold_mb * MB,
-            load_wait_timeout=load_wait_timeout,
             pin_preloaded=True,
-            intra_op_threads=1,
-            max_utterance_ids=1000,
-            cache_dir=cache_dir,
+            load_wait_timeout=load_wait_timeout,
         ),
         VoiceCatalog([voices_dir], ttl=60, clock=clock),
-        scheduler or Scheduler(workers=2, max_queue=4),
+        scheduler or Scheduler(workers=2),
         clock=clock,
         memory_reader=memory or (lambda: 100 * MB),
         loader=counting,
@@ -99,6 +97,7 @@ async def closing() -> AsyncIterator[list[VoicePool]]:
     yield pools
     for pool in pools:
         await pool.close()
+        await asyncio.to_thread(pool._scheduler.shutdown)
 
 
 async def use(pool: VoicePool, name: str) -> None:
@@ -186,7 +185,7 @@ async def test_idle_eviction_with_clock(voices_dir, cache_dir, closing) -> None:
 
 async def test_keep_alive_timing(voices_dir, cache_dir, closing) -> None:
     clock = FakeClock()
-    scheduler = Scheduler(workers=2, max_queue=4)
+    scheduler = Scheduler(workers=2)
     pool, _ = make_pool(
         voices_dir,
         cache_dir,
@@ -201,7 +200,7 @@ async def test_keep_alive_timing(voices_dir, cache_dir, closing) -> None:
     await pool.maintain()
     assert pool.stats().keep_alive_runs == 0
     clock.now += 2
-    async with scheduler.admit():  # a real request in flight: keep-alive waits
+    with scheduler.request():  # a real request in flight: keep-alive waits
         await pool.maintain()
     assert pool.stats().keep_alive_runs == 0
     await pool.maintain()

@@ -15,7 +15,7 @@ from wyoming.info import Describe
 from wyoming_tts.errors import BadEvent
 from wyoming_tts.server.protocol import EventReader, IdleTimeout
 
-from .conftest import ServerProcess, connect
+from .conftest import Server, connect
 
 LIMITS = {"max_header_bytes": 1024, "max_event_bytes": 4096, "read_timeout": 0.2}
 
@@ -155,7 +155,7 @@ EVENTS = st.sampled_from(
 )
 @given(st.lists(EVENTS, min_size=1, max_size=8))
 async def test_any_event_order_has_a_defined_outcome(
-    server: ServerProcess, sequence: list[tuple[str, dict[str, Any]]]
+    server: Server, sequence: list[tuple[str, dict[str, Any]]]
 ) -> None:
     """Whatever the order: well-formed audio, the connection stays usable, nothing crashes."""
     async with connect(server.uri) as client:

@@ -20,8 +20,15 @@ from wyoming.event import async_read_event
 from wyoming.info import Describe
 from wyoming.tts import Synthesize, SynthesizeChunk, SynthesizeVoice
 
-from .conftest import ServerProcess, connect, link_voice, read_until, rms_dbfs, running_server
-from .test_errors import still_serves
+from .conftest import (
+    ServerProcess,
+    connect,
+    link_voice,
+    read_until,
+    rms_dbfs,
+    running_server,
+    still_serves,
+)
 
 MB = 2**20
 #: The README's documented bound on what one request adds to resident memory (defaults).
@@ -351,14 +358,14 @@ async def test_exception_in_one_synthesis_fails_only_that_request(
     app = App(settings)
     real_speak = app.synthesizer.speak
 
-    async def flaky_speak(voice, params, sentences, framer, send, stats):  # type: ignore[no-untyped-def]
+    def flaky_speak(voice, params, sentences, stats):  # type: ignore[no-untyped-def]
         async def checked():  # type: ignore[no-untyped-def]
             async for sentence in sentences:
                 if "explode" in sentence:
                     raise RuntimeError("simulated bug")
                 yield sentence
 
-        await real_speak(voice, params, checked(), framer, send, stats)
+        return real_speak(voice, params, checked(), stats)
 
     app.synthesizer.speak = flaky_speak  # type: ignore[method-assign]
     runner = asyncio.create_task(app.run())

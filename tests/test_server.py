@@ -15,7 +15,7 @@ from wyoming.tts import (
     SynthesizeVoice,
 )
 
-from .conftest import VOICE, ServerProcess, connect, link_voice, read_until, rms_dbfs
+from .conftest import VOICE, Server, ServerProcess, connect, link_voice, read_until, rms_dbfs
 
 SHORT = "Hello! The kitchen lights are now on."
 # Plausible speaking rate for this voice: ~10-20 characters per second of audio.
@@ -35,7 +35,7 @@ def assert_speech(resp, text: str) -> None:
     assert 6 < chars_per_second < 30, f"{resp.seconds:.2f}s of audio for {len(text)} chars"
 
 
-async def test_describe_lists_installed_voices_only(server: ServerProcess) -> None:
+async def test_describe_lists_installed_voices_only(server: Server) -> None:
     async with connect(server.uri) as client:
         await client.write_event(Describe().event())
         resp = await read_until(client, ("info",))
@@ -51,7 +51,7 @@ async def test_describe_lists_installed_voices_only(server: ServerProcess) -> No
     assert joe.installed
 
 
-async def test_synthesize_plain(server: ServerProcess) -> None:
+async def test_synthesize_plain(server: Server) -> None:
     async with connect(server.uri) as client:
         await client.write_event(Synthesize(text=SHORT).event())
         resp = await read_until(client)
@@ -65,7 +65,7 @@ async def test_synthesize_plain(server: ServerProcess) -> None:
     assert stamps == sorted(stamps) and stamps[0] == 0
 
 
-async def test_synthesize_named_voice_and_connection_reuse(server: ServerProcess) -> None:
+async def test_synthesize_named_voice_and_connection_reuse(server: Server) -> None:
     async with connect(server.uri) as client:
         for voice in ("en_US-second-medium", VOICE):
             await client.write_event(
@@ -75,7 +75,7 @@ async def test_synthesize_named_voice_and_connection_reuse(server: ServerProcess
             assert_speech(resp, "Good morning.")
 
 
-async def test_streaming_like_home_assistant(server: ServerProcess) -> None:
+async def test_streaming_like_home_assistant(server: Server) -> None:
     text = "The front door is locked. The garage is open, and it is raining outside. Goodbye."
     pieces = [
         "The fr",
@@ -102,7 +102,7 @@ async def test_streaming_like_home_assistant(server: ServerProcess) -> None:
         assert_speech(resp2, SHORT)
 
 
-async def test_stream_with_empty_start(server: ServerProcess) -> None:
+async def test_stream_with_empty_start(server: Server) -> None:
     async with connect(server.uri) as client:
         await client.write_event(SynthesizeStart().event())
         await client.write_event(SynthesizeChunk(text="Testing one two three.").event())
@@ -111,7 +111,7 @@ async def test_stream_with_empty_start(server: ServerProcess) -> None:
     assert_speech(resp, "Testing one two three.")
 
 
-async def test_first_sentence_arrives_before_stream_ends(server: ServerProcess) -> None:
+async def test_first_sentence_arrives_before_stream_ends(server: Server) -> None:
     """Audio for a complete sentence is sent while the client is still streaming text."""
     async with connect(server.uri) as client:
         await client.write_event(SynthesizeStart().event())
@@ -127,7 +127,7 @@ async def test_first_sentence_arrives_before_stream_ends(server: ServerProcess) 
         assert "audio-stop" in resp.types
 
 
-async def test_describe_answered_during_long_synthesis(server: ServerProcess) -> None:
+async def test_describe_answered_during_long_synthesis(server: Server) -> None:
     long_text = " ".join(["The quick brown fox jumps over the lazy dog."] * 40)
     async with connect(server.uri) as speaker, connect(server.uri) as other:
         await speaker.write_event(Synthesize(text=long_text).event())
@@ -152,7 +152,7 @@ def test_sigterm_exits_zero(tmp_path, cache_dir) -> None:
     assert "Ready" in srv.log()
 
 
-async def test_audio_levels_plausible(server: ServerProcess) -> None:
+async def test_audio_levels_plausible(server: Server) -> None:
     async with connect(server.uri) as client:
         await client.write_event(Synthesize(text="Turning off the bedroom lamp.").event())
         resp = await read_until(client)

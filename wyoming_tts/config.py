@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import logging
 import os
 import tomllib
@@ -18,6 +19,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import psutil
 
@@ -33,6 +35,42 @@ _LOGGER = logging.getLogger(__name__)
 
 class ConfigError(ValueError):
     """An invalid setting; its message names the key and fits on one line."""
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """Where the server listens, parsed once from the `uri` setting."""
+
+    scheme: str
+    host: str | None = None
+    port: int | None = None
+    path: Path | None = None
+
+    @classmethod
+    def parse(cls, uri: str) -> Endpoint:
+        scheme, sep, rest = uri.partition("://")
+        if not sep or scheme not in ("tcp", "unix", "stdio"):
+            raise ConfigError(f"uri: expected tcp://, unix:// or stdio://, got {uri!r}")
+        if scheme == "stdio":
+            return cls("stdio")
+        if scheme == "unix":
+            if not rest:
+                raise ConfigError(f"uri: unix:// needs a path, got {uri!r}")
+            return cls("unix", path=Path(rest))
+        parsed = urlsplit(uri)
+        try:
+            port = parsed.port
+        except ValueError:
+            port = None
+        if not parsed.hostname or port is None:
+            raise ConfigError(f"uri: tcp:// needs a host and a port, got {uri!r}")
+        return cls("tcp", host=parsed.hostname, port=port)
+
+    def __str__(self) -> str:
+        if self.scheme == "tcp":
+            host = f"[{self.host}]" if self.host and ":" in self.host else self.host
+            return f"tcp://{host}:{self.port}"
+        return f"unix://{self.path}" if self.scheme == "unix" else "stdio://"
 
 
 def _opt(default: Any, doc: str, *, group: str, **extra: Any) -> Any:
@@ -51,41 +89,24 @@ class Settings:
     )
     zeroconf: str | None = _opt(
         None,
-        "Advertise over mDNS (_wyoming._tcp) under this name; unset disables. "
+        "Advertise over mDNS (_wyoming._tcp) under this name so HA finds it; unset: off. "
         "`--zeroconf` alone uses `wyoming-tts`.",
         group="server",
     )
     max_connections: int = _opt(
         64,
-        "Concurrent connections; more are answered `busy` and closed. "
-        "Higher admits more satellites, each costing a socket and a small buffer.",
+        "Connections at once; more get `busy`. Higher admits more satellites, a socket each.",
         group="server",
     )
     connection_idle_timeout: float = _opt(
         60.0,
-        "Seconds a connection may send nothing while no request runs before it is closed. "
-        "Satellites open one connection per request, so this is safe.",
-        group="server",
-    )
-    read_timeout: float = _opt(
-        10.0,
-        "Seconds allowed to finish sending an event once its header started.",
-        group="server",
-    )
-    max_header_bytes: int = _opt(
-        65536,
-        "Longest event header line accepted; longer closes the connection with `bad-event`.",
-        group="server",
-    )
-    max_event_bytes: int = _opt(
-        655360,
-        "Largest data or payload section of one event; enough for `max_text_chars` of any "
-        "script, JSON-escaped. Text events may carry no payload at all.",
+        "Seconds a silent connection (or a reader that stops reading) is kept before it is "
+        "closed. Longer holds sockets of vanished clients.",
         group="server",
     )
     shutdown_grace: float = _opt(
         5.0,
-        "Seconds in-flight requests get to finish on SIGTERM/SIGINT before they are cancelled.",
+        "Seconds running requests get to finish on SIGTERM/SIGINT; longer delays restarts.",
         group="server",
     )
     debug: bool = _opt(False, "Log DEBUG messages.", group="server")
@@ -102,8 +123,8 @@ class Settings:
     )
     data_dirs: tuple[Path, ...] = _opt(
         (),
-        "Folders holding `<name>.onnx` + `<name>.onnx.json` (repeatable `--data-dir`). "
-        "The bundled voice's folder is always searched last.",
+        "Folders holding `<name>.onnx` + `<name>.onnx.json` (repeatable `--data-dir`); "
+        "the bundled voice's folder is searched last.",
         group="voices",
         cli="--data-dir",
     )
@@ -112,97 +133,86 @@ class Settings:
     )
     preload: tuple[str, ...] = _opt(
         (),
-        "Voices loaded and warmed at start besides the default one (comma list). "
-        "Costs memory up front; saves a load on their first request.",
+        "Voices loaded at start besides the default one (comma list): memory up front for "
+        "no load on their first request.",
         group="voices",
     )
     cache_dir: Path | None = _opt(
         None,
-        "Where split voice graphs are cached (keyed by model hash). "
-        "Unset: $XDG_CACHE_HOME/wyoming-tts or ~/.cache/wyoming-tts.",
-        group="voices",
-    )
-    catalog_ttl: float = _opt(
-        60.0,
-        "Seconds between rescans of the data dirs (Describe always rescans). "
-        "Lower finds new voices sooner at the cost of directory listings.",
+        "Where split voice graphs are cached. Unset: $XDG_CACHE_HOME/wyoming-tts or "
+        "~/.cache/wyoming-tts.",
         group="voices",
     )
     # --- pool ---
     max_voices: int = _opt(
         3,
-        "Voices kept loaded at once (~80 MB each, ~140 MB with `keep_decoder_memory`). "
-        "Least recently used idle ones go first.",
+        "Voices kept loaded at once (~140 MB each): more voices without a load, more memory.",
         group="pool",
     )
     idle_timeout: float = _opt(
         120.0,
-        "Seconds a voice may sit unused before it is unloaded (0 keeps voices forever). "
-        "Lower frees memory sooner; the next request then pays a load (~0.3-1 s).",
+        "Seconds before an unused voice is unloaded (0: never): memory back sooner, the "
+        "next request pays a load (~0.3-1 s).",
         group="pool",
     )
     pin_preloaded: bool = _opt(
         True,
-        "Preloaded voices (default + `preload`) are never unloaded.",
+        "Never unload the preloaded voices (default + `preload`).",
         group="pool",
     )
     memory_threshold_mb: int | None = _opt(
         None,
-        "Resident memory (MB) above which idle voices are unloaded and new loads wait or "
-        "fail with `memory-exhausted`. Unset: half the machine's RAM. 0 disables.",
+        "Resident MB above which idle voices are unloaded and loads wait or fail with "
+        "`memory-exhausted`. Unset: half the RAM; 0: no limit.",
         group="pool",
     )
     keep_alive_interval: float = _opt(
         300.0,
-        "Seconds between tiny warm-up inferences on idle loaded voices, so the first "
-        "request after a quiet spell is not cold (0 disables). Costs a few ms of CPU each.",
+        "Seconds between tiny inferences on idle voices so the next request is not cold "
+        "(0: off); a few ms of CPU each.",
         group="pool",
     )
     workers: int | None = _opt(
         None,
-        "Inference steps computed in parallel. Unset: the CPU count.",
+        "Inference steps run in parallel. Unset: the CPU count.",
         group="pool",
     )
     intra_op_threads: int = _opt(
         2,
-        "onnxruntime threads: the shared pool's size, or each session's without "
-        "`shared_threads`. 2 puts both cores of a small machine on every step (see README).",
+        "onnxruntime threads per step: 2 puts both cores of a small machine on one reply; "
+        "1 suits many replies at once.",
         group="pool",
     )
     keep_decoder_memory: bool = _opt(
         True,
-        "Keep each loaded voice's decoder working memory (~60 MB) between runs: ~20% less "
-        "synthesis time than faulting fresh pages in for every chunk. Off returns it after "
-        "every run: the smallest resident size, the slowest decoding.",
+        "Keep each voice's decoder memory (~60 MB) between runs: ~20% faster synthesis; "
+        "off gives the smallest resident size (a Raspberry Pi with little RAM).",
         group="pool",
     )
     max_queue: int = _opt(
         8,
-        "Requests allowed to wait beyond `workers`; more get `busy` at once.",
-        group="pool",
-    )
-    load_wait_timeout: float = _opt(
-        10.0,
-        "Seconds a request waits for a voice slot or memory before `busy`/`memory-exhausted`.",
+        "Requests that may wait beyond `workers`; more get `busy` at once instead of waiting.",
         group="pool",
     )
     # --- synthesis ---
     length_scale: float | None = _opt(
-        None, "Phoneme length (speed); unset uses the voice's own.", group="synthesis"
+        None, "Phoneme length (speed: higher is slower); unset: the voice's own.", group="synthesis"
     )
     noise_scale: float | None = _opt(
-        None, "Generator noise; unset uses the voice's own.", group="synthesis"
+        None, "Generator noise; unset: the voice's own.", group="synthesis"
     )
     noise_w_scale: float | None = _opt(
-        None, "Phoneme width noise; unset uses the voice's own.", group="synthesis"
+        None, "Phoneme width noise; unset: the voice's own.", group="synthesis"
     )
     sentence_silence: float = _opt(
         0.0, "Seconds of silence inserted between sentences.", group="synthesis"
     )
-    samples_per_chunk: int = _opt(1024, "Samples per `audio-chunk` event.", group="synthesis")
+    samples_per_chunk: int = _opt(
+        1024, "Samples per `audio-chunk` event (as in wyoming-piper).", group="synthesis"
+    )
     auto_punctuation: str = _opt(
         ".?!。？！．؟",
-        "If text ends with none of these characters, the first is appended.",
+        "If a sentence ends with none of these characters, the first is appended.",
         group="synthesis",
     )
     streaming: bool = _opt(
@@ -216,43 +226,13 @@ class Settings:
         "Longest text per request or stream; longer gets `text-too-long` before any audio.",
         group="synthesis",
     )
-    max_chunk_chars: int = _opt(
-        500,
-        "Longest piece of text phonemized at once; longer sentences are split at clauses, "
-        "then words. Bounds the work and memory of one step.",
-        group="synthesis",
-    )
-    max_utterance_ids: int = _opt(
-        600,
-        "Most phoneme ids per utterance (~250 characters); longer sentences are split at "
-        "clauses, then words. The text encoder's time and memory grow with its square "
-        "(600 ids: ~55 MB, 1000: ~145 MB); higher keeps very long sentences' prosody whole.",
-        group="synthesis",
-    )
-    first_chunk_frames: int = _opt(
-        16,
-        "Frames (11.6 ms each at 22 kHz) decoded first, so audio leaves at once; later "
-        "chunks grow with the audio already ahead. Times the requests in flight (up to 4), "
-        "so a reply started under load lasts until its next chunk's turn. Smaller leaves "
-        "less time for the next chunk: 8 gained nothing measurable here and left a gap in "
-        "5 of 15 replies.",
-        group="synthesis",
-    )
-    max_chunk_frames: int = _opt(
-        300,
-        "Largest vocoder chunk in frames (~0.05 MB of working memory each; its later stages "
-        "run 64 frames at a time), plus 24 frames of overlap per call. Lower bounds memory "
-        "and cancellation time; higher wastes less on overlap.",
-        group="synthesis",
-    )
-    max_ahead_seconds: float = _opt(
-        4.0,
-        "Audio computed ahead of what the client has read; a slow reader slows synthesis "
-        "instead of growing memory.",
-        group="synthesis",
-    )
 
     # ------------------------------------------------------------------
+
+    @functools.cached_property
+    def endpoint(self) -> Endpoint:
+        """`uri`, parsed once; raises ConfigError if it is not one we can listen on."""
+        return Endpoint.parse(self.uri)
 
     @property
     def all_data_dirs(self) -> tuple[Path, ...]:
@@ -282,22 +262,14 @@ class Settings:
 
     def validate(self) -> None:
         """Raise ConfigError naming the first bad key."""
+        endpoint = self.endpoint
         positive = (
             "max_connections",
-            "max_header_bytes",
-            "max_event_bytes",
             "max_voices",
             "intra_op_threads",
             "samples_per_chunk",
             "max_text_chars",
-            "max_chunk_chars",
-            "max_utterance_ids",
-            "first_chunk_frames",
-            "max_chunk_frames",
-            "read_timeout",
             "connection_idle_timeout",
-            "max_ahead_seconds",
-            "load_wait_timeout",
         )
         for key in positive:
             if getattr(self, key) <= 0:
@@ -306,7 +278,6 @@ class Settings:
             "shutdown_grace",
             "idle_timeout",
             "keep_alive_interval",
-            "catalog_ttl",
             "sentence_silence",
             "max_queue",
         )
@@ -323,22 +294,7 @@ class Settings:
                 raise ConfigError(f"{key}: must be between 0 and 10, got {value!r}")
         if self.length_scale is not None and self.length_scale == 0:
             raise ConfigError("length_scale: must be greater than 0")
-        if self.first_chunk_frames > self.max_chunk_frames:
-            raise ConfigError("first_chunk_frames: must not exceed max_chunk_frames")
-        scheme = self.uri.split("://", 1)[0]
-        if scheme not in ("tcp", "unix", "stdio") or "://" not in self.uri:
-            raise ConfigError(f"uri: expected tcp://, unix:// or stdio://, got {self.uri!r}")
-        if scheme == "tcp":
-            from urllib.parse import urlparse
-
-            parsed = urlparse(self.uri)
-            try:
-                port = parsed.port
-            except ValueError:
-                port = None
-            if parsed.hostname is None or port is None:
-                raise ConfigError(f"uri: tcp:// needs a host and a port, got {self.uri!r}")
-        if self.zeroconf is not None and scheme != "tcp":
+        if self.zeroconf is not None and endpoint.scheme != "tcp":
             raise ConfigError("zeroconf: needs a tcp:// uri")
         if self.pin_preloaded and len(self.preload_voices) > self.max_voices:
             raise ConfigError(

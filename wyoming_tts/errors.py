@@ -1,7 +1,8 @@
 """One error base class with a stable code per failure a client can cause.
 
-Codes are part of the protocol contract (documented in the README): clients
-branch on ``code``; ``text`` is for people and never a Python repr.
+Codes are part of the protocol contract: clients branch on ``code``; ``text``
+is for people and never a Python repr. The README's table of codes is generated
+from the docstrings below (`wyoming_tts.docs`), so they are written for users.
 """
 
 from __future__ import annotations
@@ -26,99 +27,89 @@ class TtsError(Exception):
 
 
 class BadEvent(TtsError):
-    """The bytes on the wire are not a well-formed event; framing is lost."""
+    """The bytes on the wire are not a well-formed event (header too long, bad lengths, invalid
+    UTF-8 or JSON, nesting, payload on a text event, a half-sent event that stalls). The
+    connection is closed."""
 
     code = "bad-event"
     keeps_connection = False
 
 
 class BadRequest(TtsError):
-    """A well-formed event with a field of the wrong type or shape."""
+    """A well-formed event with a field of the wrong type: `text` not a string, `voice` not an
+    object, `voice.name`/`speaker`/`language` not strings."""
 
     code = "bad-request"
 
 
 class BadSequence(TtsError):
-    """A streaming event that makes no sense in the current state."""
+    """`synthesize-chunk` or `synthesize-stop` without `synthesize-start`."""
 
     code = "bad-sequence"
 
 
 class EmptyText(TtsError):
-    """Nothing to say: empty or whitespace-only text."""
+    """Empty or whitespace-only text in a `synthesize`."""
 
     code = "empty-text"
 
 
 class NoSpeech(TtsError):
-    """Text that yields no phonemes (punctuation only, symbols, controls)."""
+    """A `synthesize` whose text yields no phonemes (punctuation only, symbols, control
+    characters). A stream with nothing speakable ends with just `synthesize-stopped`."""
 
     code = "no-speech"
 
 
 class TextTooLong(TtsError):
-    """Text beyond ``max_text_chars``; refused before any audio."""
+    """Text (or the sum of a stream's chunks) beyond `max_text_chars`; sent before any audio
+    for `synthesize`; a stream is stopped and its remaining chunks ignored until
+    `synthesize-stop`."""
 
     code = "text-too-long"
 
 
 class VoiceNotFound(TtsError):
-    """The voice is not installed in any data dir (names are never paths)."""
+    """No installed voice of that name (names with `/`, `\\`, `..`, NUL or a leading dot are
+    never looked up), or no voice for the requested language."""
 
     code = "voice-not-found"
 
 
 class SpeakerNotFound(TtsError):
-    """The voice has no such speaker name or id."""
+    """The voice has no such speaker name or id (never a silent fallback)."""
 
     code = "speaker-not-found"
 
 
 class VoiceLoadFailed(TtsError):
-    """The voice's files are missing, corrupt or unusable."""
+    """The voice's files are missing, corrupt or fail their warm-up; other voices keep
+    serving."""
 
     code = "voice-load-failed"
 
 
 class Busy(TtsError):
-    """Too many requests or connections; try again shortly."""
+    """Too many connections or requests in flight, or every voice slot is in use. Try
+    again."""
 
     code = "busy"
 
 
 class MemoryExhausted(TtsError):
-    """Loading another voice would pass the memory threshold and none can be evicted."""
+    """Loading the voice would pass `memory_threshold_mb` and no idle voice can be
+    unloaded."""
 
     code = "memory-exhausted"
 
 
 class StreamingDisabled(TtsError):
-    """Text streaming events while the server runs with ``--no-streaming``."""
+    """Streaming events sent to a server started with `--no-streaming`."""
 
     code = "streaming-disabled"
 
 
 class InternalError(TtsError):
-    """Our own bug; logged with a traceback, reported without one."""
+    """A bug of ours; logged with a traceback, reported without one."""
 
     code = "internal-error"
-
-
-ERROR_CODES: dict[str, str] = {
-    cls.code: (cls.__doc__ or "").strip()
-    for cls in (
-        BadEvent,
-        BadRequest,
-        BadSequence,
-        EmptyText,
-        NoSpeech,
-        TextTooLong,
-        VoiceNotFound,
-        SpeakerNotFound,
-        VoiceLoadFailed,
-        Busy,
-        MemoryExhausted,
-        StreamingDisabled,
-        InternalError,
-    )
-}

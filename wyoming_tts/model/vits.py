@@ -9,22 +9,25 @@ When the decoder also splits into flow and vocoder, the flow (cheap, 32 frames o
 can run once over the rest of an utterance (`with_flow`) and only the vocoder (most of the
 cost, ~12 frames of reach) is run in windows; before that, a window runs both. Voices whose
 graph cannot be split fall back to whole-utterance synthesis behind the same interface.
+Which of the three decoders a voice gets is settled once, at load.
 """
 
 from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Sequence
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 import numpy.typing as npt
-import onnxruntime
+from onnxruntime import InferenceSession, RunOptions, SessionOptions
 
 from ..runtime.ort import PROVIDERS
-from .split import SplitModel, VocoderStage, split_voice_model
+from .split import SplitModel, VocoderSplit, VocoderStage, split_voice_model
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -38,6 +41,8 @@ DEFAULT_HOP_LENGTH = 256
 STAGE_WINDOW_FRAMES = 64
 #: Phoneme ids valid in every Piper voice (BOS, pad, EOS) for the load-time probe.
 _PROBE_IDS = (1, 0, 2, 0, 1, 0, 2)
+#: How far (as float audio) a probe's partial decode may be from its whole decode.
+_PROBE_TOLERANCE = 2 / 32767
 
 FloatArray = npt.NDArray[np.float32]
 
@@ -63,6 +68,303 @@ class Latent:
     flowed_from: int = 0
 
 
+class Decoder(Protocol):
+    """Turns a frontend run into audio, one frame range at a time.
+
+    One is chosen per voice at load, so that decoding never asks which parts a voice has.
+    """
+
+    margin: int
+    """Frames of context decoded twice on each side of a window."""
+    flows_separately: bool
+    """`with_flow` does something: the flow can run apart from the vocoder."""
+
+    def latent(self, outputs: Mapping[str, np.ndarray]) -> Latent:
+        """The Latent of one frontend run (outputs by name)."""
+        ...
+
+    def with_flow(self, latent: Latent, start: int) -> Latent:
+        """``latent`` with the flow run once over frames ``start`` (less margins) onwards."""
+        ...
+
+    def decode(self, latent: Latent, start: int, end: int) -> FloatArray:
+        """Samples for frames [start, end), a range already checked to lie in ``latent``."""
+        ...
+
+
+class WholeDecoder:
+    """For voices with no usable seam: the frontend is the whole voice and its output
+    already the audio, so chunks are only slices of it (no lower latency)."""
+
+    flows_separately = False
+
+    def __init__(self, audio_name: str, hop_length: int, margin: int) -> None:
+        self.margin = margin  # nothing is decoded twice, but the engine sizes chunks by it
+        self._audio_name = audio_name
+        self._hop = hop_length
+
+    def latent(self, outputs: Mapping[str, np.ndarray]) -> Latent:
+        audio = outputs[self._audio_name].reshape(-1).astype(np.float32, copy=False)
+        return Latent(num_frames=math.ceil(audio.shape[0] / self._hop), audio=_readonly(audio))
+
+    def with_flow(self, latent: Latent, start: int) -> Latent:
+        return latent
+
+    def decode(self, latent: Latent, start: int, end: int) -> FloatArray:
+        """The samples of those frames: for the last chunk, whatever the model made."""
+        if latent.audio is None:
+            raise ValueError("latent was not produced by this model's frontend")
+        return latent.audio[start * self._hop : end * self._hop].copy()
+
+
+class _SplitDecoder(ABC):
+    """What the decoders of a split voice share: a window of frames with their context
+    on each side is decoded, and its centre kept."""
+
+    flows_separately = False
+
+    def __init__(
+        self,
+        split: SplitModel,
+        hop_length: int,
+        margin: int,
+        run_options: RunOptions,
+    ) -> None:
+        self.margin = margin
+        self._split = split
+        self._hop = hop_length
+        self._run_options = run_options
+
+    def latent(self, outputs: Mapping[str, np.ndarray]) -> Latent:
+        split = self._split
+        z = _readonly(outputs[split.z_name])
+        mask = _readonly(outputs[split.mask_name])
+        g = _readonly(outputs[split.g_name]) if split.g_name else None
+        return Latent(num_frames=int(z.shape[-1]), z=z, mask=mask, g=g)
+
+    def with_flow(self, latent: Latent, start: int) -> Latent:
+        return latent
+
+    def decode(self, latent: Latent, start: int, end: int) -> FloatArray:
+        if start == end:
+            return np.zeros(0, dtype=np.float32)
+        lo = max(0, start - self.margin)
+        hi = min(latent.num_frames, end + self.margin)
+        audio, first = self._decode_window(latent, lo, hi, keep=(start, end))
+        hop = self._hop
+        return np.ascontiguousarray(audio[(start - first) * hop : (end - first) * hop])
+
+    @abstractmethod
+    def _decode_window(
+        self, latent: Latent, lo: int, hi: int, keep: tuple[int, int] | None = None
+    ) -> tuple[FloatArray, int]:
+        """Raw decoder output for frames [lo, hi), edges included, and its first frame.
+
+        ``keep`` (the frames wanted) lets a decoder skip context it does not need, so the
+        output may start after ``lo`` and end before ``hi``.
+        """
+
+    def _frame_feeds(
+        self, latent: Latent, lo: int, hi: int, inputs: frozenset[str]
+    ) -> dict[str, np.ndarray]:
+        """Frames [lo, hi) of the latent, as far as a part with ``inputs`` takes them."""
+        split = self._split
+        if latent.z is None:
+            raise ValueError("latent was not produced by this model's split frontend")
+        feeds = {split.z_name: latent.z[:, :, lo:hi]}
+        if latent.mask is not None and split.mask_name in inputs:
+            feeds[split.mask_name] = latent.mask[:, :, lo:hi]
+        if split.g_name is not None and split.g_name in inputs and latent.g is not None:
+            feeds[split.g_name] = latent.g
+        return feeds
+
+    def probe(self, latent: Latent) -> str | None:
+        """What, on a tiny utterance, is not frame-aligned as assumed (None: nothing)."""
+        frames = latent.num_frames
+        if latent.z is None or latent.mask is None:
+            return "frontend did not produce z and mask"
+        if latent.z.ndim != 3 or latent.z.shape[0] != 1 or frames <= 0:
+            return f"z has shape {latent.z.shape}"
+        if latent.mask.shape != (1, 1, frames):
+            return f"mask has shape {latent.mask.shape}, z has {latent.z.shape}"
+        if latent.g is not None and (latent.g.ndim != 3 or latent.g.shape[2] != 1):
+            return f"g has shape {latent.g.shape}"
+        problem = self._seam_problem(latent)
+        if problem is not None:
+            return problem
+        audio, _ = self._decode_window(latent, 0, frames)
+        if audio.shape[0] != frames * self._hop:
+            return f"{audio.shape[0]} samples for {frames} frames at hop {self._hop}"
+        return self._window_problem(latent, audio)
+
+    def _seam_problem(self, latent: Latent) -> str | None:
+        """What is wrong with the tensors between the decoder's parts."""
+        return None
+
+    def _window_problem(self, latent: Latent, audio: FloatArray) -> str | None:
+        """What differs from ``audio`` (the whole decode) when parts run over less."""
+        return None
+
+
+class JointDecoder(_SplitDecoder):
+    """Flow and vocoder in one session, for voices whose decoder has no usable flow/vocoder
+    cut: every window pays the flow's wider reach."""
+
+    def __init__(
+        self,
+        split: SplitModel,
+        session: InferenceSession,
+        hop_length: int,
+        margin: int,
+        run_options: RunOptions,
+    ) -> None:
+        super().__init__(split, hop_length, margin, run_options)
+        self._session = session
+        self._inputs = _input_names(session)
+
+    def _decode_window(
+        self, latent: Latent, lo: int, hi: int, keep: tuple[int, int] | None = None
+    ) -> tuple[FloatArray, int]:
+        feeds = self._frame_feeds(latent, lo, hi, self._inputs)
+        audio: FloatArray = self._session.run(None, feeds, self._run_options)[0].reshape(-1)
+        return audio, lo
+
+
+class StagedDecoder(_SplitDecoder):
+    """Flow, first vocoder stage and later vocoder stages as separate sessions.
+
+    The flow can then run once per utterance, leaving windows only the vocoder's reach of
+    context; the later stages, whose memory per frame is largest, run over short spans.
+    """
+
+    flows_separately = True
+
+    def __init__(
+        self,
+        split: SplitModel,
+        vocoder: VocoderSplit,
+        flow: InferenceSession,
+        head: InferenceSession,
+        tail: Sequence[InferenceSession],
+        hop_length: int,
+        run_options: RunOptions,
+    ) -> None:
+        super().__init__(split, hop_length, vocoder.vocoder_margin, run_options)
+        if len(tail) != len(vocoder.tail):
+            raise ValueError("one session per vocoder stage is needed")
+        self._seam_name = vocoder.seam_name
+        self._flow_margin = vocoder.flow_margin
+        self._flow = flow
+        self._flow_inputs = _input_names(flow)
+        self._head = head
+        self._head_inputs = _input_names(head)
+        self._tail = list(zip(vocoder.tail, tail, strict=True))
+        # The first stage's output is exact but within its own reach of a window's edges,
+        # and that reach plus the later stages' is within the margin: so the later stages
+        # need only their own reach of it around the frames kept.
+        context = vocoder.tail_context if self._tail else None
+        self._tail_context = context if context is not None and context <= self.margin else None
+        """Frames of the first stage's output the later stages get on each side of a chunk;
+        None: they run over the whole window."""
+
+    def with_flow(self, latent: Latent, start: int) -> Latent:
+        """Later decodes from ``start`` on then run only the vocoder; a no-op if done."""
+        lo = max(0, start - self.margin)
+        if latent.flowed is not None and latent.flowed_from <= lo:
+            return latent
+        first = max(0, lo - self._flow_margin)
+        flowed = self._run_flow(latent, first, latent.num_frames)
+        return replace(latent, flowed=_readonly(flowed[:, :, lo - first :]), flowed_from=lo)
+
+    def _decode_window(
+        self,
+        latent: Latent,
+        lo: int,
+        hi: int,
+        keep: tuple[int, int] | None = None,
+        *,
+        stage_frames: int = STAGE_WINDOW_FRAMES,
+    ) -> tuple[FloatArray, int]:
+        """With ``keep``, the later stages run only over the frames kept and the context
+        they need; each runs ``stage_frames`` at a time."""
+        if latent.flowed is not None and lo >= latent.flowed_from:
+            seam = latent.flowed[:, :, lo - latent.flowed_from : hi - latent.flowed_from]
+        else:
+            flow_lo = max(0, lo - self._flow_margin)
+            flow_hi = min(latent.num_frames, hi + self._flow_margin)
+            seam = self._run_flow(latent, flow_lo, flow_hi)[:, :, lo - flow_lo : hi - flow_lo]
+        feeds = {self._seam_name: np.ascontiguousarray(seam)}
+        g_name = self._split.g_name
+        if g_name is not None and g_name in self._head_inputs and latent.g is not None:
+            feeds[g_name] = latent.g
+        out = self._head.run(None, feeds, self._run_options)[0]
+        if keep is not None and self._tail_context is not None:
+            first = max(lo, keep[0] - self._tail_context)
+            last = min(hi, keep[1] + self._tail_context)
+            rate = self._tail[0][0].rate
+            out = out[..., (first - lo) * rate : (last - lo) * rate]
+            lo, hi = first, last
+        for stage, session in self._tail:
+            out = self._run_stage(stage, session, out, hi - lo, stage_frames)
+        audio: FloatArray = out.reshape(-1)
+        return audio, lo
+
+    def _run_stage(
+        self,
+        stage: VocoderStage,
+        session: InferenceSession,
+        inputs: np.ndarray,
+        frames: int,
+        window_frames: int,
+    ) -> np.ndarray:
+        """A later vocoder stage over ``frames`` frames, ``window_frames`` at a time."""
+        rate = stage.rate
+        if inputs.shape[-1] != frames * rate:
+            raise ValueError(f"stage input has {inputs.shape[-1]} samples for {frames} frames")
+        pieces = []
+        for first in range(0, frames, window_frames):
+            last = min(frames, first + window_frames)
+            lo, hi = max(0, first - stage.margin), min(frames, last + stage.margin)
+            window = np.ascontiguousarray(inputs[..., lo * rate : hi * rate])
+            out = session.run(None, {stage.input_name: window}, self._run_options)[0]
+            per_frame = out.shape[-1] // (hi - lo)
+            pieces.append(out[..., (first - lo) * per_frame : (last - lo) * per_frame])
+        return pieces[0] if len(pieces) == 1 else np.concatenate(pieces, axis=-1)
+
+    def _run_flow(self, latent: Latent, lo: int, hi: int) -> np.ndarray:
+        """Flow output for frames [lo, hi), edges included (invalid within its margin)."""
+        feeds = self._frame_feeds(latent, lo, hi, self._flow_inputs)
+        flowed: np.ndarray = self._flow.run(None, feeds, self._run_options)[0]
+        return flowed
+
+    def _seam_problem(self, latent: Latent) -> str | None:
+        frames = latent.num_frames
+        flowed = self._run_flow(latent, 0, frames)
+        if flowed.ndim != 3 or flowed.shape[2] != frames:
+            return f"flow output has shape {flowed.shape} for {frames} frames"
+        return None
+
+    def _window_problem(self, latent: Latent, audio: FloatArray) -> str | None:
+        frames = latent.num_frames
+        if self._tail and frames > 2:
+            # The later stages in sub-windows of a third must give the same audio.
+            pieces, _ = self._decode_window(latent, 0, frames, stage_frames=max(1, frames // 3))
+            worst = float(np.abs(pieces - audio).max(initial=0.0))
+            if worst > _PROBE_TOLERANCE:
+                return f"vocoder stages in sub-windows differ by {worst * 32767:.0f} LSB"
+        context = self._tail_context
+        if context is not None and frames > 2 * context + 2:
+            # ... and so must the later stages run only around the frames kept.
+            keep = (context + 1, frames - context - 1)
+            kept, first = self._decode_window(latent, 0, frames, keep=keep)
+            hop = self._hop
+            got = kept[(keep[0] - first) * hop : (keep[1] - first) * hop]
+            worst = float(np.abs(got - audio[keep[0] * hop : keep[1] * hop]).max())
+            if worst > _PROBE_TOLERANCE:
+                return f"vocoder stages around kept frames differ by {worst * 32767:.0f} LSB"
+        return None
+
+
 class VitsModel:
     """A Piper voice that synthesises an utterance as frontend + frame-range decodes.
 
@@ -72,68 +374,24 @@ class VitsModel:
 
     def __init__(
         self,
-        *,
+        frontend: InferenceSession,
+        decoder: Decoder,
         hop_length: int,
-        frontend_session: onnxruntime.InferenceSession,
-        split: SplitModel | None,
-        decoder_session: onnxruntime.InferenceSession | None = None,
-        flow_session: onnxruntime.InferenceSession | None = None,
-        vocoder_session: onnxruntime.InferenceSession | None = None,
-        tail_sessions: Sequence[onnxruntime.InferenceSession] = (),
-        margin: int = MARGIN_FRAMES,
-        shrink_arena: bool = False,
-        keep_decoder_memory: bool = False,
+        run_options: RunOptions,
     ) -> None:
-        if hop_length <= 0:
-            raise ValueError(f"hop_length must be positive, got {hop_length}")
-        if margin < 0:
-            raise ValueError(f"margin must be >= 0, got {margin}")
         self.hop_length = hop_length
-        self._frontend = frontend_session
-        self._split = split
-        self._decoder = decoder_session
-        self._flow = flow_session
-        self._vocoder = vocoder_session
-        staged = split.vocoder if split is not None else None
-        if flow_session is None or vocoder_session is None:
-            staged = None
-        if staged is not None and len(tail_sessions) != len(staged.tail):
-            raise ValueError("one session per vocoder stage is needed")
-        self._tail = list(zip(staged.tail, tail_sessions, strict=True)) if staged else []
-        self.staged = staged is not None
-        """Flow and vocoder are separate sessions (`with_flow` does something)."""
-        self.splittable = split is not None and (self.staged or decoder_session is not None)
-        self._flow_margin = staged.flow_margin if staged is not None else 0
-        self.margin = staged.vocoder_margin if staged is not None else margin
-        """Frames of context decoded twice on each side of a window."""
-        # The first stage's output is exact but within its own reach of a window's edges,
-        # and that reach plus the later stages' is within the margin: so the later stages
-        # need only their own reach of it around the frames kept.
-        context = staged.tail_context if staged is not None and self._tail else None
-        self._tail_context = context if context is not None and context <= self.margin else None
-        """Frames of the first stage's output the later stages get on each side of a chunk;
-        None: they run over the whole window."""
-        # With the CPU arena on, each run shrinks it afterwards: the arena's speed inside a
-        # run without holding its peak between runs. Decoder runs may keep it instead
-        # (keep_decoder_memory): no pages to fault in again, at the cost of holding the
-        # arena's power-of-two growth for as long as the voice stays loaded.
-        self._run_options = onnxruntime.RunOptions()
-        if shrink_arena:  # onnxruntime rejects the entry when the session has no arena
-            self._run_options.add_run_config_entry("memory.enable_memory_arena_shrinkage", "cpu:0")
-        self._decoder_options = (
-            onnxruntime.RunOptions() if keep_decoder_memory else self._run_options
-        )
-        self._frontend_inputs = frozenset(i.name for i in frontend_session.get_inputs())
-        self._frontend_outputs = [o.name for o in frontend_session.get_outputs()]
-        self._flow_inputs = _input_names(flow_session)
-        self._vocoder_inputs = _input_names(vocoder_session)
+        self.decoder = decoder
+        self._frontend = frontend
+        self._run_options = run_options
+        self._frontend_inputs = _input_names(frontend)
+        self._frontend_outputs = [o.name for o in frontend.get_outputs()]
 
     @classmethod
     def load(
         cls,
         model_path: Path,
         cache_dir: Path,
-        session_options: onnxruntime.SessionOptions,
+        session_options: SessionOptions,
         hop_length: int,
         margin: int = MARGIN_FRAMES,
         *,
@@ -145,53 +403,40 @@ class VitsModel:
         tried; unsplittable voices, or splits that fail the probe, are loaded whole so the
         server still works, only without chunked decoding. One log line says why.
         """
+        if hop_length <= 0:
+            raise ValueError(f"hop_length must be positive, got {hop_length}")
+        if margin < 0:
+            raise ValueError(f"margin must be >= 0, got {margin}")
         split = split_voice_model(model_path, cache_dir)
 
-        def session(path: Path) -> onnxruntime.InferenceSession:
-            return onnxruntime.InferenceSession(
-                str(path), sess_options=session_options, providers=PROVIDERS
-            )
+        def session(path: Path) -> InferenceSession:
+            return InferenceSession(str(path), sess_options=session_options, providers=PROVIDERS)
 
-        shrink = session_options.enable_cpu_mem_arena
-        keep = keep_decoder_memory
+        # With the CPU arena on, each run shrinks it afterwards: the arena's speed inside a
+        # run without holding its peak between runs. Decoder runs may keep it instead
+        # (keep_decoder_memory): no pages to fault in again, at the cost of holding the
+        # arena's power-of-two growth for as long as the voice stays loaded.
+        run_options = RunOptions()
+        if session_options.enable_cpu_mem_arena:  # rejected by sessions without an arena
+            run_options.add_run_config_entry("memory.enable_memory_arena_shrinkage", "cpu:0")
+        decoder_options = RunOptions() if keep_decoder_memory else run_options
 
         def whole() -> VitsModel:
-            return cls(
-                hop_length=hop_length,
-                frontend_session=session(model_path),
-                split=None,
-                margin=margin,
-                shrink_arena=shrink,
-            )
+            frontend = session(model_path)
+            decoder = WholeDecoder(frontend.get_outputs()[0].name, hop_length, margin)
+            return cls(frontend, decoder, hop_length, run_options)
 
         if split is None:
             _LOGGER.info(
                 "No decoder seam recognised in %s; using whole-utterance synthesis", model_path
             )
             return whole()
-        attempts: list[tuple[str, dict[str, Path]]] = []
-        if split.vocoder is not None:
-            paths = {"flow": split.vocoder.flow_path, "vocoder": split.vocoder.vocoder_path}
-            paths.update({f"tail{i}": t.path for i, t in enumerate(split.vocoder.tail)})
-            attempts.append(("flow/vocoder split", paths))
-        attempts.append(("decoder split", {"decoder": split.decoder_path}))
         problems: list[str] = []
-        for what, paths in attempts:
+        for what, make in _split_decoders(split, session, hop_length, margin, decoder_options):
             try:
-                parts = {name: session(path) for name, path in paths.items()}
-                model = cls(
-                    hop_length=hop_length,
-                    frontend_session=session(split.frontend_path),
-                    split=split,
-                    decoder_session=parts.get("decoder"),
-                    flow_session=parts.get("flow"),
-                    vocoder_session=parts.get("vocoder"),
-                    tail_sessions=[v for k, v in parts.items() if k.startswith("tail")],
-                    margin=margin,
-                    shrink_arena=shrink,
-                    keep_decoder_memory=keep,
-                )
-                problem = model._probe()
+                decoder = make()
+                model = cls(session(split.frontend_path), decoder, hop_length, run_options)
+                problem = decoder.probe(model.frontend(_PROBE_IDS, (0.0, 1.0, 0.0), None))
             except Exception as err:  # e.g. a damaged cache file; the whole model works
                 problem = f"{type(err).__name__}: {err}"
             if problem is None:
@@ -208,6 +453,20 @@ class VitsModel:
         )
         return whole()
 
+    @property
+    def margin(self) -> int:
+        """Frames of context decoded twice on each side of a window."""
+        return self.decoder.margin
+
+    @property
+    def flows_separately(self) -> bool:
+        """`with_flow` does something (the flow and vocoder are separate sessions)."""
+        return self.decoder.flows_separately
+
+    def needs_flow(self, latent: Latent) -> bool:
+        """Whether `with_flow` would still spare later decodes of ``latent`` the flow."""
+        return self.decoder.flows_separately and latent.flowed is None
+
     def frontend(
         self,
         phoneme_ids: Sequence[int],
@@ -219,25 +478,8 @@ class VitsModel:
         ``scales`` is (noise_scale, length_scale, noise_w), as in Piper.
         """
         feeds = self._feeds(phoneme_ids, scales, speaker_id)
-        if not self.splittable:
-            audio = _readonly(
-                self._frontend.run(None, feeds, self._run_options)[0]
-                .reshape(-1)
-                .astype(np.float32, copy=False)
-            )
-            return Latent(num_frames=math.ceil(audio.shape[0] / self.hop_length), audio=audio)
-        assert self._split is not None
-        results = dict(
-            zip(
-                self._frontend_outputs,
-                self._frontend.run(None, feeds, self._run_options),
-                strict=True,
-            )
-        )
-        z = _readonly(results[self._split.z_name])
-        mask = _readonly(results[self._split.mask_name])
-        g = _readonly(results[self._split.g_name]) if self._split.g_name else None
-        return Latent(num_frames=int(z.shape[-1]), z=z, mask=mask, g=g)
+        outputs = self._frontend.run(None, feeds, self._run_options)
+        return self.decoder.latent(dict(zip(self._frontend_outputs, outputs, strict=True)))
 
     def with_flow(self, latent: Latent, start: int) -> Latent:
         """``latent`` with the flow run once from frame ``start`` (less margins) to the end.
@@ -245,14 +487,7 @@ class VitsModel:
         Later `decode` calls from ``start`` on then run only the vocoder. A no-op for
         voices without the flow/vocoder cut, or when already done.
         """
-        if not self.staged or latent.z is None:
-            return latent
-        lo = max(0, start - self.margin)
-        if latent.flowed is not None and latent.flowed_from <= lo:
-            return latent
-        first = max(0, lo - self._flow_margin)
-        flowed = self._run_flow(latent, first, latent.num_frames)
-        return replace(latent, flowed=_readonly(flowed[:, :, lo - first :]), flowed_from=lo)
+        return self.decoder.with_flow(latent, start)
 
     def decode(self, latent: Latent, start: int, end: int) -> FloatArray:
         """Float32 mono samples for frames [start, end) of ``latent``.
@@ -262,101 +497,7 @@ class VitsModel:
         """
         if not 0 <= start <= end <= latent.num_frames:
             raise ValueError(f"frame range [{start}, {end}) outside [0, {latent.num_frames}]")
-        hop = self.hop_length
-        if latent.audio is not None:
-            return latent.audio[start * hop : end * hop].copy()
-        if start == end:
-            return np.zeros(0, dtype=np.float32)
-        lo = max(0, start - self.margin)
-        hi = min(latent.num_frames, end + self.margin)
-        audio, first = self._decode_window(latent, lo, hi, keep=(start, end))
-        return np.ascontiguousarray(audio[(start - first) * hop : (end - first) * hop])
-
-    def _decode_window(
-        self,
-        latent: Latent,
-        lo: int,
-        hi: int,
-        stage_frames: int = STAGE_WINDOW_FRAMES,
-        keep: tuple[int, int] | None = None,
-    ) -> tuple[FloatArray, int]:
-        """Raw decoder output for frames [lo, hi), edges included, and its first frame.
-
-        With ``keep``, the frames wanted, the later vocoder stages run only over those and
-        the context they need, so the output may start after ``lo`` and end before ``hi``.
-        """
-        split = self._split
-        if split is None or latent.z is None:
-            raise ValueError("latent was not produced by this model's split frontend")
-        g_name = split.g_name
-        if self._vocoder is not None and split.vocoder is not None and self.staged:
-            if latent.flowed is not None and lo >= latent.flowed_from:
-                seam = latent.flowed[:, :, lo - latent.flowed_from : hi - latent.flowed_from]
-            else:
-                flow_lo = max(0, lo - self._flow_margin)
-                flow_hi = min(latent.num_frames, hi + self._flow_margin)
-                seam = self._run_flow(latent, flow_lo, flow_hi)[:, :, lo - flow_lo : hi - flow_lo]
-            feeds = {split.vocoder.seam_name: np.ascontiguousarray(seam)}
-            if g_name is not None and g_name in self._vocoder_inputs and latent.g is not None:
-                feeds[g_name] = latent.g
-            out = self._vocoder.run(None, feeds, self._decoder_options)[0]
-            if keep is not None and self._tail_context is not None:
-                # The later stages need the first stage's output only within their reach
-                # of the frames kept.
-                first = max(lo, keep[0] - self._tail_context)
-                last = min(hi, keep[1] + self._tail_context)
-                rate = self._tail[0][0].rate
-                out = out[..., (first - lo) * rate : (last - lo) * rate]
-                lo, hi = first, last
-            for stage, session in self._tail:
-                out = self._run_stage(stage, session, out, hi - lo, stage_frames)
-        elif self._decoder is not None:
-            feeds = {split.z_name: latent.z[:, :, lo:hi]}
-            if latent.mask is not None:
-                feeds[split.mask_name] = latent.mask[:, :, lo:hi]
-            if g_name is not None and latent.g is not None:
-                feeds[g_name] = latent.g
-            out = self._decoder.run(None, feeds, self._decoder_options)[0]
-        else:
-            raise ValueError("model has no decoder")
-        audio: FloatArray = out.reshape(-1)
-        return audio, lo
-
-    def _run_stage(
-        self,
-        stage: VocoderStage,
-        session: onnxruntime.InferenceSession,
-        inputs: np.ndarray,
-        frames: int,
-        window_frames: int = STAGE_WINDOW_FRAMES,
-    ) -> np.ndarray:
-        """A later vocoder stage over ``frames`` frames, ``window_frames`` at a time."""
-        rate = stage.rate
-        if inputs.shape[-1] != frames * rate:
-            raise ValueError(f"stage input has {inputs.shape[-1]} samples for {frames} frames")
-        pieces = []
-        for first in range(0, frames, window_frames):
-            last = min(frames, first + window_frames)
-            lo, hi = max(0, first - stage.margin), min(frames, last + stage.margin)
-            window = np.ascontiguousarray(inputs[..., lo * rate : hi * rate])
-            out = session.run(None, {stage.input_name: window}, self._decoder_options)[0]
-            per_frame = out.shape[-1] // (hi - lo)
-            pieces.append(out[..., (first - lo) * per_frame : (last - lo) * per_frame])
-        return pieces[0] if len(pieces) == 1 else np.concatenate(pieces, axis=-1)
-
-    def _run_flow(self, latent: Latent, lo: int, hi: int) -> np.ndarray:
-        """Flow output for frames [lo, hi), edges included (invalid within its margin)."""
-        split = self._split
-        if self._flow is None or split is None or latent.z is None:
-            raise ValueError("model has no flow session")
-        feeds = {split.z_name: latent.z[:, :, lo:hi]}
-        if latent.mask is not None and split.mask_name in self._flow_inputs:
-            feeds[split.mask_name] = latent.mask[:, :, lo:hi]
-        g_name = split.g_name
-        if g_name is not None and g_name in self._flow_inputs and latent.g is not None:
-            feeds[g_name] = latent.g
-        flowed: np.ndarray = self._flow.run(None, feeds, self._decoder_options)[0]
-        return flowed
+        return self.decoder.decode(latent, start, end)
 
     def full(
         self,
@@ -387,49 +528,36 @@ class VitsModel:
             feeds["sid"] = np.array([speaker_id or 0], dtype=np.int64)
         return {k: v for k, v in feeds.items() if k in self._frontend_inputs}
 
-    def _probe(self) -> str | None:
-        """Check, on a tiny utterance, that the seam tensors are frame-aligned as assumed."""
-        try:
-            latent = self.frontend(_PROBE_IDS, (0.0, 1.0, 0.0), None)
-            frames = latent.num_frames
-            if latent.z is None or latent.mask is None:
-                return "frontend did not produce z and mask"
-            if latent.z.ndim != 3 or latent.z.shape[0] != 1 or frames <= 0:
-                return f"z has shape {latent.z.shape}"
-            if latent.mask.shape != (1, 1, frames):
-                return f"mask has shape {latent.mask.shape}, z has {latent.z.shape}"
-            if latent.g is not None and (latent.g.ndim != 3 or latent.g.shape[2] != 1):
-                return f"g has shape {latent.g.shape}"
-            if self.staged:
-                flowed = self._run_flow(latent, 0, frames)
-                if flowed.ndim != 3 or flowed.shape[2] != frames:
-                    return f"flow output has shape {flowed.shape} for {frames} frames"
-            audio, _ = self._decode_window(latent, 0, frames)
-            if audio.shape[0] != frames * self.hop_length:
-                return f"{audio.shape[0]} samples for {frames} frames at hop {self.hop_length}"
-            if self._tail and frames > 2:
-                # The later stages in sub-windows of a third must give the same audio.
-                pieces, _ = self._decode_window(latent, 0, frames, max(1, frames // 3))
-                worst = float(np.abs(pieces - audio).max(initial=0.0))
-                if worst > 2 / 32767:
-                    return f"vocoder stages in sub-windows differ by {worst * 32767:.0f} LSB"
-            context = self._tail_context
-            if context is not None and frames > 2 * context + 2:
-                # ... and so must the later stages run only around the frames kept.
-                keep = (context + 1, frames - context - 1)
-                kept, first = self._decode_window(latent, 0, frames, keep=keep)
-                hop = self.hop_length
-                got = kept[(keep[0] - first) * hop : (keep[1] - first) * hop]
-                worst = float(np.abs(got - audio[keep[0] * hop : keep[1] * hop]).max())
-                if worst > 2 / 32767:
-                    return f"vocoder stages around kept frames differ by {worst * 32767:.0f} LSB"
-        except Exception as err:  # a probe failure must not stop the voice from loading
-            return f"{type(err).__name__}: {err}"
-        return None
+
+def _split_decoders(
+    split: SplitModel,
+    session: Callable[[Path], InferenceSession],
+    hop_length: int,
+    margin: int,
+    run_options: RunOptions,
+) -> list[tuple[str, Callable[[], _SplitDecoder]]]:
+    """The decoders a split voice may use, best first, each named and opened on demand
+    (so a damaged file fails only its own attempt)."""
+    attempts: list[tuple[str, Callable[[], _SplitDecoder]]] = []
+    vocoder = split.vocoder
+    if vocoder is not None:
+
+        def staged() -> _SplitDecoder:
+            flow, head = session(vocoder.flow_path), session(vocoder.vocoder_path)
+            tail = [session(stage.path) for stage in vocoder.tail]
+            return StagedDecoder(split, vocoder, flow, head, tail, hop_length, run_options)
+
+        attempts.append(("flow/vocoder split", staged))
+
+    def joint() -> _SplitDecoder:
+        return JointDecoder(split, session(split.decoder_path), hop_length, margin, run_options)
+
+    attempts.append(("decoder split", joint))
+    return attempts
 
 
-def _input_names(session: onnxruntime.InferenceSession | None) -> frozenset[str]:
-    return frozenset(i.name for i in session.get_inputs()) if session is not None else frozenset()
+def _input_names(session: InferenceSession) -> frozenset[str]:
+    return frozenset(i.name for i in session.get_inputs())
 
 
 def _readonly(array: np.ndarray) -> np.ndarray:

@@ -1,11 +1,14 @@
-"""Inference threads and admission: the only place CPU work is queued.
+"""Inference threads: the only place CPU work is queued.
 
 Every phonemize, frontend and decoder call goes through one pool of
 ``workers`` threads. Steps that stand between a request and its first audio
 are *urgent* and jump ahead of the large later chunks of requests that are
 already playing (those have seconds of audio buffered); within a class, steps
-run in arrival order. Admission turns load away explicitly: beyond
-``workers + max_queue`` requests in flight a client gets ``busy`` at once.
+run in arrival order. The queue lives on the event loop and a step is handed
+to a thread only when one is free, so the loop never waits on a lock a worker
+holds. The scheduler also counts the requests in flight, so chunk sizing,
+keep-alive and heap trimming can see the load; deciding whom to turn away is
+the speech service's business.
 """
 
 from __future__ import annotations
@@ -14,11 +17,10 @@ import asyncio
 import contextlib
 import heapq
 import itertools
+import queue
 import threading
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
-
-from ..errors import Busy
 
 T = TypeVar("T")
 
@@ -27,32 +29,32 @@ _NORMAL = 1
 
 
 class _Job:
-    __slots__ = ("args", "func", "future", "loop")
+    __slots__ = ("args", "func", "future")
 
     def __init__(
-        self,
-        func: Callable[..., Any],
-        args: tuple[object, ...],
-        loop: asyncio.AbstractEventLoop,
-        future: asyncio.Future[Any],
+        self, func: Callable[..., Any], args: tuple[object, ...], future: asyncio.Future[Any]
     ) -> None:
         self.func = func
         self.args = args
-        self.loop = loop
         self.future = future
 
 
 class Scheduler:
-    """Owns the inference threads and the count of admitted requests."""
+    """Owns the inference threads and the count of requests in flight.
 
-    def __init__(self, workers: int, max_queue: int) -> None:
+    Used from one event loop; only `shutdown` may be called from another thread.
+    """
+
+    def __init__(self, workers: int) -> None:
         self.workers = workers
-        self.max_queue = max_queue
         self._active = 0
         self._queued_steps = 0
-        self._heap: list[tuple[int, int, _Job | None]] = []
+        self._idle = workers
+        self._heap: list[tuple[int, int, _Job]] = []
         self._seq = itertools.count()
-        self._cond = threading.Condition()
+        self._inbox: queue.SimpleQueue[tuple[_Job, asyncio.AbstractEventLoop] | None] = (
+            queue.SimpleQueue()
+        )
         self._threads = [
             threading.Thread(target=self._work, name=f"tts-infer-{i}", daemon=True)
             for i in range(workers)
@@ -66,21 +68,17 @@ class Scheduler:
 
     @property
     def waiting_requests(self) -> int:
-        """Requests admitted beyond the worker count: they wait for a thread."""
+        """Requests in flight beyond the worker count: they wait for a thread."""
         return max(0, self._active - self.workers)
 
     @property
-    def queued_steps(self) -> int:
-        """Steps submitted but not yet finished; keep-alive stays away while any exist."""
-        return self._queued_steps
+    def quiet(self) -> bool:
+        """No request in flight and no step queued: background chores may run."""
+        return self._active == 0 and self._queued_steps == 0
 
-    @contextlib.asynccontextmanager
-    async def admit(self) -> AsyncIterator[None]:
-        """Hold a request slot for the duration of one synthesis."""
-        if self._active >= self.workers + self.max_queue:
-            raise Busy(
-                f"The server is busy ({self._active} requests in progress); try again shortly."
-            )
+    @contextlib.contextmanager
+    def request(self) -> Iterator[None]:
+        """Count one request in flight for as long as the block runs."""
         self._active += 1
         try:
             yield
@@ -89,56 +87,51 @@ class Scheduler:
 
     async def run(self, func: Callable[..., T], *args: object, urgent: bool = False) -> T:
         """Run one blocking step on an inference thread; cancelling drops it if not started."""
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[T] = loop.create_future()
-        job = _Job(func, args, loop, future)
+        future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+        heapq.heappush(
+            self._heap, (_URGENT if urgent else _NORMAL, next(self._seq), _Job(func, args, future))
+        )
         self._queued_steps += 1
-        with self._cond:
-            heapq.heappush(self._heap, (_URGENT if urgent else _NORMAL, next(self._seq), job))
-            self._cond.notify()
+        self._dispatch()
         try:
             return await future
         finally:
             self._queued_steps -= 1
 
     def shutdown(self, timeout: float = 10.0) -> None:
-        """Drop queued steps and wait for running ones, so no inference outlives the process."""
-        with self._cond:
-            self._heap.clear()
-            for _ in self._threads:
-                heapq.heappush(self._heap, (_NORMAL + 1, next(self._seq), None))
-            self._cond.notify_all()
+        """Stop every thread once its running step ends, so no inference outlives the process."""
+        for _ in self._threads:
+            self._inbox.put(None)
         for thread in self._threads:
             thread.join(timeout)
 
-    def _work(self) -> None:
-        while True:
-            with self._cond:
-                while not self._heap:
-                    self._cond.wait()
-                _, _, job = heapq.heappop(self._heap)
-            if job is None:
-                return
-            if job.future.cancelled():
+    def _dispatch(self) -> None:
+        loop = asyncio.get_running_loop()
+        while self._idle and self._heap:
+            _, _, job = heapq.heappop(self._heap)
+            if job.future.done():
                 continue  # its requester is gone: no CPU for audio nobody will hear
+            self._idle -= 1
+            self._inbox.put((job, loop))
+
+    def _finished(self, job: _Job, result: object, error: BaseException | None) -> None:
+        """On the loop: hand the result over and give the free thread the next step."""
+        if not job.future.done():
+            if error is None:
+                job.future.set_result(result)
+            else:
+                job.future.set_exception(error)
+        self._idle += 1
+        self._dispatch()
+
+    def _work(self) -> None:
+        while (item := self._inbox.get()) is not None:
+            job, loop = item
+            error: BaseException | None = None
+            result: object = None
             try:
                 result = job.func(*job.args)
             except BaseException as err:  # handed to the awaiting task
-                _deliver(job, _set_exception, err)
-            else:
-                _deliver(job, _set_result, result)
-
-
-def _deliver(job: _Job, setter: Callable[[asyncio.Future[Any], Any], None], value: object) -> None:
-    with contextlib.suppress(RuntimeError):  # the loop has closed: nobody is waiting
-        job.loop.call_soon_threadsafe(setter, job.future, value)
-
-
-def _set_result(future: asyncio.Future[Any], result: object) -> None:
-    if not future.done():
-        future.set_result(result)
-
-
-def _set_exception(future: asyncio.Future[Any], err: BaseException) -> None:
-    if not future.done():
-        future.set_exception(err)
+                error = err
+            with contextlib.suppress(RuntimeError):  # the loop has closed: nobody is waiting
+                loop.call_soon_threadsafe(self._finished, job, result, error)

@@ -1,4 +1,4 @@
-"""Lifecycle: catalog, pool, scheduler, listener, discovery; signals; graceful shutdown.
+"""Lifecycle: catalog, pool, scheduler, speech service, listener, discovery; graceful stop.
 
 Phases, in order: prime the voices (a voice that cannot speak stops start-up
 here, before anyone can connect), listen, advertise, serve until a signal,
@@ -15,8 +15,6 @@ import logging
 import signal
 import sys
 from collections.abc import Mapping
-from pathlib import Path
-from urllib.parse import urlparse
 
 from .. import __version__
 from ..config import Settings
@@ -24,12 +22,18 @@ from ..discovery import Discovery, txt_properties
 from ..errors import Busy, TtsError
 from ..info import PROGRAM_NAME, voice_languages
 from ..runtime.scheduler import Scheduler
-from ..synth.engine import EngineConfig, Synthesizer
+from ..speech import SpeechService
+from ..synth.engine import Synthesizer
 from ..voices.catalog import VoiceCatalog, VoiceEntry
+from ..voices.loader import LoadOptions
 from ..voices.pool import PoolConfig, VoicePool
-from .handler import Connection, Services
+from .handler import Connection
+from .transport import transport_for
 
 _LOGGER = logging.getLogger(__name__)
+
+#: Seconds to tell a refused connection why before it is closed.
+REFUSE_TIMEOUT = 2.0
 
 
 class Phase(enum.Enum):
@@ -46,41 +50,34 @@ class StartupError(RuntimeError):
 class App:
     """Owns every long-lived object of one server process."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, *, handle_signals: bool = True) -> None:
         self.settings = settings
+        self._handle_signals = handle_signals
         self.phase = Phase.STARTING
-        self.catalog = VoiceCatalog(settings.all_data_dirs, settings.catalog_ttl)
-        self.scheduler = Scheduler(settings.effective_workers, settings.max_queue)
+        self.catalog = VoiceCatalog(settings.all_data_dirs)
+        self.scheduler = Scheduler(settings.effective_workers)
         self.pool = VoicePool(
             PoolConfig(
+                load=LoadOptions(
+                    cache_dir=settings.effective_cache_dir,
+                    intra_op_threads=settings.intra_op_threads,
+                    keep_decoder_memory=settings.keep_decoder_memory,
+                ),
                 max_voices=settings.max_voices,
                 idle_timeout=settings.idle_timeout,
                 keep_alive_interval=settings.keep_alive_interval,
                 memory_threshold_bytes=settings.effective_memory_threshold_mb * 2**20,
-                load_wait_timeout=settings.load_wait_timeout,
                 pin_preloaded=settings.pin_preloaded,
-                intra_op_threads=settings.intra_op_threads,
-                max_utterance_ids=settings.max_utterance_ids,
-                cache_dir=settings.effective_cache_dir,
-                keep_decoder_memory=settings.keep_decoder_memory,
-                max_chunk_frames=settings.max_chunk_frames,
             ),
             self.catalog,
             self.scheduler,
         )
-        self.synthesizer = Synthesizer(
-            EngineConfig(
-                first_chunk_frames=settings.first_chunk_frames,
-                max_chunk_frames=settings.max_chunk_frames,
-                sentence_silence=settings.sentence_silence,
-                samples_per_chunk=settings.samples_per_chunk,
-                max_utterance_ids=settings.max_utterance_ids,
-            ),
-            self.scheduler,
-        )
-        self.services = Services(settings, self.pool, self.synthesizer, self.scheduler)
+        self.synthesizer = Synthesizer(self.scheduler, settings.sentence_silence)
+        self.speech = SpeechService(settings, self.pool, self.synthesizer, self.scheduler)
+        self.transport = transport_for(settings.endpoint)
+        self.serving = asyncio.Event()
+        """Set once the server accepts connections (tests and probes wait on it)."""
         self._connections: dict[asyncio.Task[None], Connection] = {}
-        self._server: asyncio.Server | None = None
         self._stop = asyncio.Event()
         self._announcer: Discovery | None = None
 
@@ -91,18 +88,17 @@ class App:
         try:
             await self._prime()
             async with contextlib.AsyncExitStack() as stack:
-                await self._listen()
+                await self.transport.start(self._accept)
                 if self.settings.zeroconf:
                     self._announcer = await stack.enter_async_context(await self._discovery())
-                    self.services.voices_seen = self._voices_seen
                 self.pool.start_maintenance()
                 self._install_signals()
                 self.phase = Phase.SERVING
-                _LOGGER.info("Ready: %s %s on %s", PROGRAM_NAME, __version__, self.settings.uri)
-                if urlparse(self.settings.uri).scheme == "stdio":
-                    await self._serve_stdio()
-                else:
-                    await self._stop.wait()
+                self.serving.set()
+                _LOGGER.info(
+                    "Ready: %s %s on %s", PROGRAM_NAME, __version__, self.settings.endpoint
+                )
+                await self.transport.serve(self._stop)
                 await self._shutdown()
         finally:
             await self.pool.close()
@@ -114,6 +110,10 @@ class App:
             _LOGGER.info("Stopping")
         self._stop.set()
 
+    @property
+    def bound_port(self) -> int | None:
+        return self.transport.port
+
     async def _prime(self) -> None:
         try:
             await self.pool.prime(self.settings.preload_voices)
@@ -121,30 +121,6 @@ class App:
             entries = await self.pool.entries(force=True)
             installed = ", ".join(sorted(entries)) or "none"
             raise StartupError(f"{err.text} Installed voices: {installed}.") from None
-
-    async def _listen(self) -> None:
-        parsed = urlparse(self.settings.uri)
-        limit = self.settings.max_header_bytes
-        if parsed.scheme == "tcp":
-            self._server = await asyncio.start_server(
-                self._accept,
-                host=parsed.hostname,
-                port=parsed.port,
-                limit=limit,
-                reuse_address=True,
-            )
-        elif parsed.scheme == "unix":
-            path = Path(parsed.path)
-            await asyncio.to_thread(_unlink, path)
-            self._server = await asyncio.start_unix_server(
-                self._accept, path=str(path), limit=limit
-            )
-
-    @property
-    def bound_port(self) -> int | None:
-        if self._server is None or not self._server.sockets:
-            return None
-        return int(self._server.sockets[0].getsockname()[1])
 
     async def _voices_seen(self, entries: Mapping[str, VoiceEntry]) -> None:
         """Re-announce the TXT record when the installed voices changed."""
@@ -157,16 +133,17 @@ class App:
 
     async def _discovery(self) -> Discovery:
         entries = await self.pool.entries(force=True)
-        parsed = urlparse(self.settings.uri)
-        port = self.bound_port or parsed.port or 10200
+        endpoint = self.settings.endpoint
         return Discovery(
             name=self.settings.zeroconf or PROGRAM_NAME,
-            port=port,
+            port=self.bound_port or endpoint.port or 10200,
             properties=_txt(entries),
-            host=parsed.hostname,
+            host=endpoint.host,
         )
 
     def _install_signals(self) -> None:
+        if not self._handle_signals:
+            return
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             with contextlib.suppress(NotImplementedError, RuntimeError):
@@ -174,8 +151,7 @@ class App:
 
     async def _shutdown(self) -> None:
         self.phase = Phase.STOPPING
-        if self._server is not None:
-            self._server.close()
+        await self.transport.close()
         for conn in self._connections.values():
             await conn.shutdown()
         tasks = list(self._connections)
@@ -188,44 +164,25 @@ class App:
                     "Cancelled %d request(s) still running after the grace period", len(pending)
                 )
                 await asyncio.wait(pending, timeout=2.0)
-        if self._server is not None:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(self._server.wait_closed(), timeout=1.0)
-        parsed = urlparse(self.settings.uri)
-        if parsed.scheme == "unix":
-            await asyncio.to_thread(_unlink, Path(parsed.path))
 
     # ------------------------------------------------------------------ connections
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         peer = _peer_name(writer)
+        task = asyncio.current_task()
         if (
-            self.phase is not Phase.SERVING
+            task is None
+            or self.phase in (Phase.STOPPING, Phase.STOPPED)
             or len(self._connections) >= self.settings.max_connections
         ):
             await _refuse(writer, peer, self.settings.max_connections)
             return
-        conn = Connection(reader, writer, self.services, peer)
-        task = asyncio.current_task()
-        assert task is not None
+        voices_seen = self._voices_seen if self._announcer is not None else None
+        conn = Connection(reader, writer, self.speech, peer, voices_seen)
         self._connections[task] = conn
         try:
             await conn.run()
         finally:
-            self._connections.pop(task, None)
-
-    async def _serve_stdio(self) -> None:
-        from wyoming.event import async_get_stdin, async_get_stdout
-
-        reader = await async_get_stdin()
-        writer = await async_get_stdout()
-        conn = Connection(reader, writer, self.services, "stdio")
-        task = asyncio.create_task(conn.run(), name="stdio-connection")
-        self._connections[task] = conn
-        stop = asyncio.create_task(self._stop.wait())
-        await asyncio.wait({task, stop}, return_when=asyncio.FIRST_COMPLETED)
-        stop.cancel()
-        if task.done():
             self._connections.pop(task, None)
 
 
@@ -238,18 +195,13 @@ async def _refuse(writer: asyncio.StreamWriter, peer: str, limit: int) -> None:
             async_write_event(
                 Busy(f"Too many connections (limit {limit}); try again shortly.").to_event(), writer
             ),
-            timeout=2.0,
+            timeout=REFUSE_TIMEOUT,
         )
     writer.close()
 
 
 def _txt(entries: Mapping[str, VoiceEntry]) -> dict[str, str]:
     return txt_properties(PROGRAM_NAME, __version__, sorted(entries), voice_languages(entries))
-
-
-def _unlink(path: Path) -> None:
-    with contextlib.suppress(OSError):
-        path.unlink()
 
 
 def _peer_name(writer: asyncio.StreamWriter) -> str:

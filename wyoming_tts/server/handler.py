@@ -1,8 +1,12 @@
-"""One connection: read events, keep the stream state, answer. Never runs inference.
+"""One Wyoming connection: parse events, keep the stream state, write events.
 
-Synthesis runs as a task of its own while this connection keeps reading, so a
-`describe` is answered mid-speech, a new request or a vanished client cancels
-the work in flight, and nothing here waits on a model.
+Everything a request means (admission, voices, limits, synthesis, the log
+line) is the speech service's; this module only translates. Synthesis runs as
+a task of its own while the connection keeps reading, so a `describe` is
+answered mid-speech, and a new request or a vanished client cancels the work in
+flight. `_respond` is that task's one boundary: whatever happens, the response
+ends the way the client waits for (`audio-stop` once audio started, then the
+`error` if any, then `synthesize-stopped` for a stream).
 
 Stream state machine (every order of events has an outcome):
 
@@ -19,7 +23,11 @@ speaking    synthesize-chunk/stop  `error` bad-sequence
 streaming   synthesize-chunk       text added; complete sentences spoken at once
 streaming   synthesize             ignored (Home Assistant's compatibility copy)
 streaming   synthesize-start       current stream cancelled (audio closed), new one
-streaming   synthesize-stop        rest spoken, audio-stop, synthesize-stopped -> idle
+streaming   synthesize-stop        -> finishing
+streaming   end of input           stream abandoned (audio closed)
+finishing   (task ends)            rest spoken, audio-stop, synthesize-stopped -> idle
+finishing   synthesize/-start      waits for the stream to finish, then as in idle
+finishing   synthesize-chunk/stop  `error` bad-sequence
 discarding  synthesize-chunk       ignored (stream was refused, e.g. too long)
 discarding  synthesize-stop        synthesize-stopped -> idle
 discarding  synthesize/-start      as in idle
@@ -27,9 +35,8 @@ any         unknown type           ignored (logged at debug)
 any         malformed framing      `error` bad-event, connection closed
 ==========  =====================  ==============================================
 
-A request event that arrives while a finished stream is still speaking its
-last sentences waits for it: pipelined requests are served in order, and a
-client that pipelines without reading holds at most one request's buffer.
+Waiting in `finishing` serves pipelined requests in order, and a client that
+pipelines without reading holds at most one request's buffer.
 """
 
 from __future__ import annotations
@@ -39,8 +46,7 @@ import contextlib
 import enum
 import logging
 import socket
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mapping
 from typing import Any
 
 from wyoming.event import Event, async_write_event
@@ -54,47 +60,28 @@ from wyoming.tts import (
 )
 
 from ..audio import SAMPLE_WIDTH, AudioFramer
-from ..config import Settings
 from ..errors import (
     BadEvent,
     BadRequest,
     BadSequence,
-    EmptyText,
     InternalError,
-    NoSpeech,
     StreamingDisabled,
     TextTooLong,
     TtsError,
-    VoiceNotFound,
 )
 from ..info import build_info
-from ..runtime.scheduler import Scheduler
-from ..synth.engine import SpeechStats, Synthesizer
-from ..synth.text import SentenceSplitter, add_punctuation, iter_sentences, normalize
+from ..speech import SpeechRequest, SpeechService, TextSource
 from ..voices.catalog import VoiceEntry
-from ..voices.pool import VoicePool
-from .protocol import EventReader, IdleTimeout
+from .protocol import READ_TIMEOUT, EventReader, IdleTimeout
 
 _LOGGER = logging.getLogger(__name__)
 
+#: Seconds of audio buffered ahead of a slow reader: it slows synthesis, not memory.
+MAX_AHEAD_SECONDS = 4.0
+#: Seconds to write the audio-stop of a response that is being cancelled.
+CLOSE_TIMEOUT = 1.0
 
-@dataclass
-class Services:
-    """What every connection needs, owned by the app and passed down."""
-
-    settings: Settings
-    pool: VoicePool
-    synthesizer: Synthesizer
-    scheduler: Scheduler
-    #: Told the installed voices after each Describe rescan (the app re-announces mDNS TXT).
-    voices_seen: Callable[[Mapping[str, VoiceEntry]], Awaitable[None]] | None = None
-
-
-@dataclass(frozen=True)
-class VoiceRequest:
-    name: str | None
-    speaker: str | None
-    language: str | None
+VoicesSeen = Callable[[Mapping[str, VoiceEntry]], Awaitable[None]]
 
 
 class State(enum.Enum):
@@ -112,19 +99,16 @@ class Connection:
         self,
         reader: asyncio.StreamReader,
         writer: asyncio.StreamWriter,
-        services: Services,
+        speech: SpeechService,
         peer: str,
+        voices_seen: VoicesSeen | None = None,
     ) -> None:
         self._writer = writer
-        self._services = services
-        self._settings = services.settings
+        self._speech = speech
+        self._settings = speech.settings
         self._peer = peer
-        self._events = EventReader(
-            reader,
-            max_header_bytes=self._settings.max_header_bytes,
-            max_event_bytes=self._settings.max_event_bytes,
-            read_timeout=self._settings.read_timeout,
-        )
+        self._voices_seen = voices_seen
+        self._events = EventReader(reader, read_timeout=READ_TIMEOUT)
         self._write_lock = asyncio.Lock()
         self._state = State.IDLE
         self._task: asyncio.Task[None] | None = None
@@ -150,13 +134,7 @@ class Connection:
                     await self._report(err)
                     break
                 if event is None:
-                    # Peer finished sending: let a running request finish (or fail on write);
-                    # a stream that never got its synthesize-stop is abandoned.
-                    if self._state is State.STREAMING:
-                        await self._cancel_task()
-                    if self._task is not None:
-                        with contextlib.suppress(asyncio.CancelledError):
-                            await self._task
+                    await self._end_of_input()
                     break
                 try:
                     await self._dispatch(event)
@@ -191,15 +169,19 @@ class Connection:
     def _busy(self) -> bool:
         return self._state is not State.IDLE or (self._task is not None and not self._task.done())
 
+    async def _end_of_input(self) -> None:
+        """The peer finished sending: let a running request finish (or fail on write);
+        a stream that never got its synthesize-stop is abandoned."""
+        if self._state is State.STREAMING:
+            await self._cancel_task()
+        await self._wait_task()
+
     # ------------------------------------------------------------------ dispatch
 
     async def _dispatch(self, event: Event) -> None:
         kind = event.type
         if Describe.is_type(kind):
-            entries = await self._services.pool.entries(force=True)
-            await self._send(build_info(entries, self._settings.streaming).event())
-            if self._services.voices_seen is not None:
-                await self._services.voices_seen(entries)
+            await self._describe()
             return
         if kind not in ("synthesize", "synthesize-start", "synthesize-chunk", "synthesize-stop"):
             _LOGGER.debug("Ignoring %s event from %s", kind, self._peer)
@@ -217,45 +199,58 @@ class Connection:
             if self._state is State.STREAMING:
                 return  # compatibility copy of the streamed text
             text = _text_field(event.data)
-            voice = _voice_field(event.data)
+            request = _voice_field(event.data)
             await self._cancel_task()
-            self._check_text(text)
+            self._speech.check_text(text)
             self._state = State.SPEAKING
-            self._start(self._speak_plain(text, voice))
+            self._start(self._respond(request, text))
         elif SynthesizeStart.is_type(kind):
-            voice = _voice_field(event.data)
+            request = _voice_field(event.data)
             await self._cancel_task()
-            self._stream_text = asyncio.Queue()
-            self._stream_chars = 0
+            queue: asyncio.Queue[str | None] = asyncio.Queue()
+            self._stream_text, self._stream_chars = queue, 0
             self._state = State.STREAMING
-            self._start(self._speak_stream(voice, self._stream_text))
+            self._start(self._respond(request, _drain(queue)))
         elif SynthesizeChunk.is_type(kind):
-            if self._state is State.DISCARDING:
-                return
-            if self._state is not State.STREAMING or self._stream_text is None:
-                raise BadSequence("'synthesize-chunk' without 'synthesize-start'.")
-            text = _text_field(event.data)
-            self._stream_chars += len(text)
-            if self._stream_chars > self._settings.max_text_chars:
-                await self._cancel_task()
-                self._state = State.DISCARDING
-                raise TextTooLong(
-                    f"Streamed text passed the limit of {self._settings.max_text_chars} "
-                    "characters; the stream was stopped."
-                )
-            self._stream_text.put_nowait(text)
+            await self._stream_chunk(_text_field(event.data))
         elif SynthesizeStop.is_type(kind):
-            if self._state is State.DISCARDING:
-                self._state = State.IDLE
-                await self._send(SynthesizeStopped().event())
-                return
-            if self._state is not State.STREAMING or self._stream_text is None:
-                raise BadSequence("'synthesize-stop' without 'synthesize-start'.")
-            self._stream_text.put_nowait(None)
-            self._stream_text = None
-            self._state = State.FINISHING
+            await self._stream_stop()
 
-    def _start(self, coro: Any) -> None:
+    async def _describe(self) -> None:
+        entries = await self._speech.voices(force=True)
+        await self._send(build_info(entries, self._settings.streaming).event())
+        if self._voices_seen is not None:
+            await self._voices_seen(entries)
+
+    async def _stream_chunk(self, text: str) -> None:
+        if self._state is State.DISCARDING:
+            return
+        if self._state is not State.STREAMING or self._stream_text is None:
+            raise BadSequence("'synthesize-chunk' without 'synthesize-start'.")
+        self._stream_chars += len(text)
+        try:
+            self._speech.check_length(self._stream_chars)
+        except TextTooLong:
+            await self._cancel_task()
+            self._state = State.DISCARDING
+            raise TextTooLong(
+                f"Streamed text passed the limit of {self._settings.max_text_chars} "
+                "characters; the stream was stopped."
+            ) from None
+        self._stream_text.put_nowait(text)
+
+    async def _stream_stop(self) -> None:
+        if self._state is State.DISCARDING:
+            self._state = State.IDLE
+            await self._send(SynthesizeStopped().event())
+            return
+        if self._state is not State.STREAMING or self._stream_text is None:
+            raise BadSequence("'synthesize-stop' without 'synthesize-start'.")
+        self._stream_text.put_nowait(None)
+        self._stream_text = None
+        self._state = State.FINISHING
+
+    def _start(self, coro: Coroutine[Any, Any, None]) -> None:
         self._task = asyncio.create_task(coro, name=f"speak-{self._peer}")
 
     async def _wait_task(self) -> None:
@@ -272,134 +267,56 @@ class Connection:
         self._state = State.IDLE
         self._stream_text = None
 
-    def _check_text(self, text: str) -> None:
-        if len(text) > self._settings.max_text_chars:
-            raise TextTooLong(
-                f"Text of {len(text)} characters is longer than the limit of "
-                f"{self._settings.max_text_chars}."
-            )
-        if not text.strip():
-            raise EmptyText("There is no text to speak.")
+    # ------------------------------------------------------------------ the request task
 
-    # ------------------------------------------------------------------ speaking
-
-    async def _speak_plain(self, text: str, voice: VoiceRequest) -> None:
-        async def sentences() -> AsyncIterator[str]:
-            # Normalising 100,000 characters takes ~15 ms: off the loop. Splitting is lazy
-            # and linear, a few sentences at a time between other connections' events.
-            normalized = await self._services.pool.run_io(normalize, text)
-            for i, sentence in enumerate(
-                iter_sentences(normalized, self._settings.max_chunk_chars)
-            ):
-                yield add_punctuation(sentence, self._settings.auto_punctuation)
-                if i % 8 == 7:
-                    await asyncio.sleep(0)
-
-        await self._speak(voice, sentences(), streaming=False)
-
-    async def _speak_stream(self, voice: VoiceRequest, queue: asyncio.Queue[str | None]) -> None:
-        async def sentences() -> AsyncIterator[str]:
-            splitter = SentenceSplitter(self._settings.max_chunk_chars)
-            while (chunk := await queue.get()) is not None:
-                for sentence in splitter.add(chunk):
-                    yield add_punctuation(sentence, self._settings.auto_punctuation)
-            for sentence in splitter.finish():
-                yield add_punctuation(sentence, self._settings.auto_punctuation)
-
-        await self._speak(voice, sentences(), streaming=True)
-
-    async def _speak(
-        self, request: VoiceRequest, sentences: AsyncIterator[str], streaming: bool
-    ) -> None:
-        services = self._services
-        stats = SpeechStats()
+    async def _respond(self, request: SpeechRequest, text: TextSource) -> None:
+        """Speak one request; every way out ends its response as the client expects."""
+        streamed = not isinstance(text, str)
         framer: AudioFramer | None = None
-        name = "?"
         try:
-            async with services.scheduler.admit():
-                name = await self._resolve_voice_name(request)
-                async with services.pool.acquire(name) as voice:
-                    speaker_id = voice.entry.info.resolve_speaker(self._speaker_for(request, name))
-                    params = voice.params(
-                        speaker_id,
-                        self._settings.noise_scale,
-                        self._settings.length_scale,
-                        self._settings.noise_w_scale,
-                    )
-                    framer = AudioFramer(voice.sample_rate, self._settings.samples_per_chunk)
-                    self._limit_write_buffer(voice.sample_rate)
-                    await services.synthesizer.speak(
-                        voice, params, sentences, framer, self._send, stats
-                    )
-            if framer is not None and framer.started:
-                await self._send(framer.stop())
-            elif not streaming:
-                raise NoSpeech("The text has nothing that can be spoken.")
-            if streaming:
+            async with self._speech.open(request, streamed=streamed) as speech:
+                framer = AudioFramer(speech.format.rate, self._settings.samples_per_chunk)
+                self._limit_write_buffer(speech.format.rate)
+                async for pcm in speech.audio(text):
+                    if (start := framer.start()) is not None:
+                        await self._send(start)
+                    for event in framer.push(pcm):
+                        await self._send(event)
+                for event in framer.flush():
+                    await self._send(event)
+            await self._close_audio(framer)
+            if streamed:
                 await self._send(SynthesizeStopped().event())
-            _LOGGER.info(
-                "Spoke voice=%s chars=%d first_audio=%s total=%.3fs audio=%.2fs rtf=%.3f "
-                "underruns=%d%s",
-                name,
-                stats.characters,
-                f"{stats.first_audio_seconds:.3f}s"
-                if stats.first_audio_seconds is not None
-                else "-",
-                stats.total_seconds,
-                stats.audio_seconds,
-                stats.real_time_factor,
-                stats.underruns,
-                " (stream)" if streaming else "",
-            )
         except asyncio.CancelledError:
-            # Superseded or client gone: close the audio so the response stays well formed.
-            if framer is not None and framer.started and not self._writer.is_closing():
-                with contextlib.suppress(Exception):
-                    await asyncio.shield(self._send(framer.stop(), timeout=1.0))
+            # Superseded, client gone or shutdown: keep the response well formed.
+            with contextlib.suppress(Exception):
+                await asyncio.shield(self._close_audio(framer, timeout=CLOSE_TIMEOUT))
             raise
-        except TtsError as err:
-            await self._report(err)
-            if streaming:
-                with contextlib.suppress(Exception):
-                    await self._send(SynthesizeStopped().event())
         except (ConnectionError, TimeoutError):
             _LOGGER.debug("Client %s went away mid-response", self._peer)
-        except Exception:
-            _LOGGER.exception("Synthesis failed for %s", self._peer)
+        except Exception as err:
+            if not isinstance(err, TtsError):  # a bug of this module: the service logs its own
+                _LOGGER.exception("Response to %s failed", self._peer)
+                err = InternalError("Synthesis failed on the server.")
             with contextlib.suppress(Exception):
-                await self._send(InternalError("Synthesis failed on the server.").to_event())
+                await self._close_audio(framer)
+                await self._send(err.to_event())
+                if streamed:
+                    await self._send(SynthesizeStopped().event())
         finally:
-            services.pool.trim()  # decoder buffers back to the OS, once the server is quiet
             if self._state in (State.SPEAKING, State.FINISHING):
                 self._state = State.IDLE
             if self._closing:
                 self._writer.close()  # shutting down: flush this response, then hang up
 
-    async def _resolve_voice_name(self, request: VoiceRequest) -> str:
-        if request.name:
-            return request.name
-        if request.language:
-            entries = await self._services.pool.entries()
-            default = entries.get(self._settings.voice)
-            wanted = request.language.replace("-", "_").lower()
-            candidates = ([default] if default else []) + sorted(
-                entries.values(), key=lambda e: e.name
-            )
-            for entry in candidates:
-                lang = entry.info.language.lower()
-                if lang == wanted or lang.split("_")[0] == wanted:
-                    return entry.name
-            raise VoiceNotFound(f"No installed voice speaks '{request.language}'.")
-        return self._settings.voice
-
-    def _speaker_for(self, request: VoiceRequest, name: str) -> str | None:
-        if request.speaker is not None:
-            return request.speaker
-        return self._settings.speaker if name == self._settings.voice else None
+    async def _close_audio(self, framer: AudioFramer | None, timeout: float | None = None) -> None:  # noqa: ASYNC109
+        if framer is None or not framer.started or framer.stopped or self._writer.is_closing():
+            return
+        await self._send(framer.stop(), timeout=timeout)
 
     def _limit_write_buffer(self, sample_rate: int) -> None:
-        """Buffer at most `max_ahead_seconds` of audio for a slow reader."""
-        high = int(self._settings.max_ahead_seconds * sample_rate * SAMPLE_WIDTH)
+        """Buffer at most `MAX_AHEAD_SECONDS` of audio for a slow reader."""
+        high = int(MAX_AHEAD_SECONDS * sample_rate * SAMPLE_WIDTH)
         transport = self._writer.transport
         with contextlib.suppress(Exception):
             transport.set_write_buffer_limits(high=high)
@@ -419,7 +336,8 @@ class Connection:
             )
 
     async def _report(self, err: TtsError) -> None:
-        """Tell the client; log once per connection so a bad client cannot flood the log."""
+        """Tell the client of a protocol error; log once per connection, so a bad client
+        cannot flood the log."""
         level = logging.DEBUG if self._complained else logging.INFO
         self._complained = True
         _LOGGER.log(level, "Client %s: %s (%s)", self._peer, err.text, err.code)
@@ -430,6 +348,12 @@ class Connection:
 # ---------------------------------------------------------------------- field checks
 
 
+async def _drain(queue: asyncio.Queue[str | None]) -> AsyncIterator[str]:
+    """A stream's text chunks until its synthesize-stop (None)."""
+    while (chunk := await queue.get()) is not None:
+        yield chunk
+
+
 def _text_field(data: dict[str, Any]) -> str:
     text = data.get("text")
     if not isinstance(text, str):
@@ -437,10 +361,10 @@ def _text_field(data: dict[str, Any]) -> str:
     return text
 
 
-def _voice_field(data: dict[str, Any]) -> VoiceRequest:
+def _voice_field(data: dict[str, Any]) -> SpeechRequest:
     voice = data.get("voice")
     if voice is None:
-        return VoiceRequest(None, None, None)
+        return SpeechRequest()
     if not isinstance(voice, dict):
         raise BadRequest("Field 'voice' must be an object.")
     values: dict[str, str | None] = {}
@@ -449,4 +373,4 @@ def _voice_field(data: dict[str, Any]) -> VoiceRequest:
         if value is not None and not isinstance(value, str):
             raise BadRequest(f"Field 'voice.{key}' must be a string.")
         values[key] = value or None
-    return VoiceRequest(values["name"], values["speaker"], values["language"])
+    return SpeechRequest(values["name"], values["speaker"], values["language"])

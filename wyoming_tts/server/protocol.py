@@ -17,6 +17,13 @@ from wyoming.event import Event
 
 from ..errors import BadEvent
 
+#: Longest event header line; longer closes the connection with `bad-event`.
+MAX_HEADER_BYTES = 65536
+#: Largest data or payload section of one event: `max_text_chars` (100,000) of any
+#: script, JSON-escaped, fits.
+MAX_EVENT_BYTES = 655360
+#: Seconds allowed to finish sending an event once its header started.
+READ_TIMEOUT = 10.0
 MAX_JSON_DEPTH = 16
 MAX_TYPE_LENGTH = 64
 #: Data sections larger than this are parsed on a worker thread, not the event loop.
@@ -45,9 +52,9 @@ class EventReader:
         self,
         reader: asyncio.StreamReader,
         *,
-        max_header_bytes: int,
-        max_event_bytes: int,
-        read_timeout: float,
+        max_header_bytes: int = MAX_HEADER_BYTES,
+        max_event_bytes: int = MAX_EVENT_BYTES,
+        read_timeout: float = READ_TIMEOUT,
     ) -> None:
         self._reader = reader
         self._max_header = max_header_bytes

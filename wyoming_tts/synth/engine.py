@@ -1,19 +1,15 @@
-"""Sentences in, audio events out, as soon as each piece of audio exists.
+"""Sentences in, PCM out, as soon as each piece of audio exists.
 
 Per utterance the frontend (text encoder, durations, noise) runs once; the
-decoder then runs over the frames in chunks. The first chunk of a response is
-small and runs flow and vocoder over a window, so audio leaves at once; after
-it, the flow runs once over the rest of each utterance and each later chunk is
-vocoder only, sized by how far the audio already produced is ahead of real-time
-playback (at the decoder's measured cost per frame), so later chunks and later
-sentences are decoded in large pieces and the total compute stays close to an
-unchunked decode. The next utterance's frontend runs while this one decodes.
+decoder then runs over the frames in chunks (`chunking.plan_chunk`). The first
+chunk runs flow and vocoder over a window, so audio leaves at once; after it,
+the flow runs once over the rest of each utterance and each later chunk is
+vocoder only. The next utterance's frontend runs while this one decodes.
 
-Backpressure: every chunk is written (and drained) before the next is
-computed, and the connection's write buffer is capped at `max_ahead_seconds`
-of audio, so a slow reader slows synthesis instead of growing memory.
-Cancellation: cancelling the task stops at the next step; at most one
-in-flight step (a bounded chunk) finishes on its thread.
+Backpressure: `speak` is an async generator, so no chunk is computed before the
+consumer has taken the one before it. Cancellation: closing the generator stops
+at the next step; at most one in-flight step (a bounded chunk) finishes on its
+thread.
 """
 
 from __future__ import annotations
@@ -21,39 +17,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterable
 from dataclasses import dataclass
 
-from wyoming.event import Event
-
-from ..audio import AudioFramer, fade_out, silence, to_pcm16
-from ..model.vits import Latent
+from ..audio import SAMPLE_WIDTH, fade_out, silence, to_pcm16
+from ..model.vits import FloatArray, Latent
 from ..runtime.scheduler import Scheduler
 from ..voices.loader import LoadedVoice, SynthParams
-
-#: Guess of decoder seconds per frame for a voice not yet timed (its warm-up times it).
-INITIAL_FRAME_COST = 0.0008
-#: Share of the audio already ahead of playback that the next chunk may take to compute.
-SAFETY = 0.6
-#: Seconds of audio ahead of playback below which a playing response's steps are urgent
-#: too, so new requests' first steps cannot starve it into a gap.
-LOW_WATER = 0.5
-#: The first chunk grows with the requests in flight, up to this many times its size: the
-#: next chunk waits its turn behind theirs, and the first must last until it is ready.
-#: With 4 clients at once on 2 cores: replies with a gap 63 of 80 -> 0 of 80, first audio
-#: median 134 -> 165 ms, p95 and throughput unchanged.
-MAX_FIRST_CHUNK_FACTOR = 4
-
-EventSink = Callable[[Event], Awaitable[None]]
-
-
-@dataclass(frozen=True)
-class EngineConfig:
-    first_chunk_frames: int
-    max_chunk_frames: int
-    sentence_silence: float
-    samples_per_chunk: int
-    max_utterance_ids: int
+from .chunking import INITIAL_FRAME_COST, Pacing, plan_chunk
 
 
 @dataclass
@@ -74,7 +45,7 @@ class SpeechStats:
         return self.total_seconds / self.audio_seconds if self.audio_seconds else 0.0
 
 
-@dataclass
+@dataclass(frozen=True)
 class _Utterance:
     latent: Latent
     starts_sentence: bool
@@ -83,153 +54,114 @@ class _Utterance:
 class Synthesizer:
     """Stateless apart from its config; one per server, shared by all connections."""
 
-    def __init__(self, config: EngineConfig, scheduler: Scheduler) -> None:
-        self.config = config
+    def __init__(self, scheduler: Scheduler, sentence_silence: float = 0.0) -> None:
         self._scheduler = scheduler
+        self._sentence_silence = sentence_silence
 
     async def speak(
         self,
         voice: LoadedVoice,
         params: SynthParams,
-        sentences: AsyncIterator[str],
-        framer: AudioFramer,
-        send: EventSink,
+        sentences: AsyncIterable[str],
         stats: SpeechStats,
-    ) -> None:
-        """Speak every sentence from `sentences` into `send`, starting audio lazily.
-
-        `framer.start()` (the response's one `audio-start`) is sent just before
-        the first audio, so a request that turns out to have nothing to say can
-        still be answered with an error instead.
-        """
+    ) -> AsyncGenerator[bytes, None]:
+        """16-bit PCM of every sentence, a piece per decoded chunk, filling ``stats``."""
         started = time.perf_counter()
-        frame_cost = voice.frame_seconds or INITIAL_FRAME_COST
-        first_audio_at: float | None = None
-        produced_seconds = 0.0
-        first_sentence = True
-        utterances = self._utterances(voice, params, sentences, stats)
-        pending: asyncio.Task[_Utterance | None] | None = asyncio.create_task(_next(utterances))
+        pacing = Pacing(frame_cost=voice.frame_seconds or INITIAL_FRAME_COST)
+        lookahead = _Lookahead(self._utterances(voice, params, sentences, stats, pacing))
+        gap = b""
         try:
-            while True:
-                assert pending is not None
-                current = await pending
-                if current is None:
-                    break
-                # Next utterance's phonemes + frontend run while this one decodes, but only
-                # once audio flows: before that they would compete with the first chunk.
-                pending = (
-                    asyncio.create_task(_next(utterances)) if first_audio_at is not None else None
-                )
-                latent = current.latent
-                pcm_prefix = b""
-                if current.starts_sentence and not first_sentence and self.config.sentence_silence:
-                    pcm_prefix = silence(self.config.sentence_silence, voice.sample_rate)
-                first_sentence = False
-                start = 0
-                total = latent.num_frames
-                margin = voice.model.margin
-                while start < total:
-                    if first_audio_at is not None and voice.model.staged and latent.flowed is None:
-                        # Once audio flows, the flow runs once over the rest of the
-                        # utterance; from then on each chunk costs only the vocoder.
-                        latent = await self._scheduler.run(
-                            voice.model.with_flow,
-                            latent,
-                            start,
-                            urgent=_starving(first_audio_at, produced_seconds),
-                        )
-                    remaining = total - start
-                    if first_audio_at is None:
-                        end = start + self._first_chunk_frames()
-                    else:
-                        ahead = produced_seconds - (time.perf_counter() - first_audio_at)
-                        affordable = int(max(0.0, ahead * SAFETY) / frame_cost)
-                        if remaining <= min(affordable, self.config.max_chunk_frames + 2 * margin):
-                            # Whole is cheaper than cut (no overlap decoded twice) and costs
-                            # the memory of a maximal chunk with its margins.
-                            end = total
-                        else:
-                            frames = affordable - 2 * margin
-                            frames = max(self.config.first_chunk_frames, frames)
-                            end = start + min(self.config.max_chunk_frames, frames)
-                    if total - end < self.config.first_chunk_frames:
-                        end = total  # no crumbs at the end of an utterance
-                    end = min(end, total)
-                    t0 = time.perf_counter()
-                    audio = await self._scheduler.run(
-                        voice.model.decode,
-                        latent,
-                        start,
-                        end,
-                        urgent=_starving(first_audio_at, produced_seconds),
-                    )
-                    spent = time.perf_counter() - t0
-                    if first_audio_at is not None:  # the first window also runs the flow
-                        decoded = min(total, end + margin) - max(0, start - margin)
-                        frame_cost = 0.5 * frame_cost + 0.5 * (spent / max(1, decoded))
-                        if produced_seconds < time.perf_counter() - first_audio_at:
-                            stats.underruns += 1
-                    stats.decoder_calls += 1
-                    if end == total:
-                        audio = fade_out(audio, voice.sample_rate)
-                    pcm = pcm_prefix + to_pcm16(audio, voice.gain)
-                    pcm_prefix = b""
-                    if first_audio_at is None:
-                        start_event = framer.start()
-                        if start_event is not None:
-                            await send(start_event)
-                        first_audio_at = time.perf_counter()
-                        stats.first_audio_seconds = first_audio_at - started
-                    for event in framer.push(pcm):
-                        await send(event)
-                    produced_seconds += len(pcm) / 2 / voice.sample_rate
-                    start = end
-                    if pending is None:
-                        pending = asyncio.create_task(_next(utterances))
-            for event in framer.flush():
-                await send(event)
+            while (utterance := await lookahead.next()) is not None:
+                if pacing.started:
+                    lookahead.prefetch()
+                prefix = gap if utterance.starts_sentence else b""
+                chunks = self._chunks(voice, utterance.latent, pacing, stats)
+                async with contextlib.aclosing(chunks):
+                    async for audio in chunks:
+                        pcm = prefix + to_pcm16(audio, voice.gain)
+                        prefix = b""
+                        if not pacing.started:
+                            stats.first_audio_seconds = time.perf_counter() - started
+                        pacing.emitted(len(pcm) / SAMPLE_WIDTH / voice.sample_rate)
+                        yield pcm
+                        # Once audio flows, the next utterance's frontend may run beside us.
+                        lookahead.prefetch()
+                gap = silence(self._sentence_silence, voice.sample_rate)
         finally:
-            if pending is not None and not pending.done():
-                pending.cancel()
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await pending
-            await utterances.aclose()
+            await lookahead.aclose()
             stats.total_seconds = time.perf_counter() - started
-            stats.audio_seconds = framer.seconds_sent
+            stats.audio_seconds = pacing.produced
 
-    def _first_chunk_frames(self) -> int:
-        crowd = min(MAX_FIRST_CHUNK_FACTOR, max(1, self._scheduler.active_requests))
-        return min(self.config.max_chunk_frames, self.config.first_chunk_frames * crowd)
+    async def _chunks(
+        self, voice: LoadedVoice, latent: Latent, pacing: Pacing, stats: SpeechStats
+    ) -> AsyncGenerator[FloatArray, None]:
+        """One utterance's audio in chunks planned from the playback ahead of the listener."""
+        model, run = voice.model, self._scheduler.run
+        start, total = 0, latent.num_frames
+        while start < total:
+            urgent = pacing.starving()
+            if pacing.started and model.needs_flow(latent):
+                # From now on each chunk of this utterance costs only the vocoder.
+                latent = await run(model.with_flow, latent, start, urgent=urgent)
+            end = plan_chunk(
+                start,
+                total,
+                ahead=pacing.ahead(),
+                frame_cost=pacing.frame_cost,
+                margin=model.margin,
+                requests_in_flight=self._scheduler.active_requests,
+            )
+            began = time.perf_counter()
+            audio = await run(model.decode, latent, start, end, urgent=urgent)
+            decoded = min(total, end + model.margin) - max(0, start - model.margin)
+            stats.decoder_calls += 1
+            if pacing.timed(time.perf_counter() - began, decoded):
+                stats.underruns += 1
+            yield fade_out(audio, voice.sample_rate) if end == total else audio
+            start = end
 
     async def _utterances(
         self,
         voice: LoadedVoice,
         params: SynthParams,
-        sentences: AsyncIterator[str],
+        sentences: AsyncIterable[str],
         stats: SpeechStats,
+        pacing: Pacing,
     ) -> AsyncGenerator[_Utterance, None]:
         run = self._scheduler.run
         async for sentence in sentences:
             stats.characters += len(sentence)
-            urgent = stats.first_audio_seconds is None
-            id_lists = await run(
-                voice.phoneme_ids, sentence, self.config.max_utterance_ids, urgent=urgent
-            )
+            id_lists = await run(voice.phoneme_ids, sentence, urgent=not pacing.started)
             for i, ids in enumerate(id_lists):
-                urgent = stats.first_audio_seconds is None
-                latent = await run(voice.frontend, ids, params, urgent=urgent)
-                if latent.num_frames <= 0:
-                    continue
-                stats.utterances += 1
-                yield _Utterance(latent=latent, starts_sentence=(i == 0))
+                latent = await run(voice.frontend, ids, params, urgent=not pacing.started)
+                if latent.num_frames > 0:
+                    stats.utterances += 1
+                    yield _Utterance(latent=latent, starts_sentence=(i == 0))
 
 
-def _starving(first_audio_at: float | None, produced_seconds: float) -> bool:
-    """Before first audio, or with under LOW_WATER seconds of it left to play."""
-    if first_audio_at is None:
-        return True
-    return produced_seconds - (time.perf_counter() - first_audio_at) < LOW_WATER
+class _Lookahead:
+    """The next utterance, computed while the current one decodes."""
+
+    def __init__(self, utterances: AsyncGenerator[_Utterance, None]) -> None:
+        self._utterances = utterances
+        self._pending: asyncio.Task[_Utterance | None] | None = None
+
+    def prefetch(self) -> None:
+        if self._pending is None:
+            self._pending = asyncio.create_task(_next(self._utterances))
+
+    async def next(self) -> _Utterance | None:
+        task = self._pending or asyncio.create_task(_next(self._utterances))
+        self._pending = None
+        return await task
+
+    async def aclose(self) -> None:
+        if self._pending is not None and not self._pending.done():
+            self._pending.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._pending
+        await self._utterances.aclose()
 
 
-async def _next(gen: AsyncGenerator[_Utterance, None]) -> _Utterance | None:
-    return await anext(gen, None)
+async def _next(utterances: AsyncGenerator[_Utterance, None]) -> _Utterance | None:
+    return await anext(utterances, None)

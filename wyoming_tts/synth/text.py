@@ -15,6 +15,9 @@ from collections.abc import Iterator
 
 from sentence_stream import SentenceBoundaryDetector
 
+#: Longest piece of text phonemized at once: bounds the work and memory of one step.
+MAX_SENTENCE_CHARS = 500
+
 _CLAUSE_BREAK = re.compile(r"[,;:\u2014\u2013\u3001\uff0c\uff1b\uff1a](?=\s)|\s[-\u2014\u2013]\s")
 _SPACE_RUN = re.compile(r"[ \t\f\v\u00a0]+")
 _BLANK_LINES = re.compile(r"\n\s*\n")
@@ -85,7 +88,7 @@ class SentenceSplitter:
     undecided tail passes `max_chars`, its head is cut off at a clause or word.
     """
 
-    def __init__(self, max_chars: int) -> None:
+    def __init__(self, max_chars: int = MAX_SENTENCE_CHARS) -> None:
         self._max_chars = max_chars
         self._detector = SentenceBoundaryDetector()
 
@@ -119,7 +122,7 @@ class SentenceSplitter:
             yield from split_long(sentence, self._max_chars)
 
 
-def iter_sentences(normalized: str, max_chars: int) -> Iterator[str]:
+def iter_sentences(normalized: str, max_chars: int = MAX_SENTENCE_CHARS) -> Iterator[str]:
     """Sentences of an already normalised text, lazily, in linear time."""
     splitter = SentenceSplitter(max_chars)
     for paragraph in normalized.split("\n\n"):
@@ -127,6 +130,6 @@ def iter_sentences(normalized: str, max_chars: int) -> Iterator[str]:
         yield from splitter.finish()
 
 
-def split_text(text: str, max_chars: int) -> list[str]:
+def split_text(text: str, max_chars: int = MAX_SENTENCE_CHARS) -> list[str]:
     """Whole-text splitting with the same rules as streamed text."""
     return list(iter_sentences(normalize(text), max_chars))

@@ -22,6 +22,9 @@ _LOGGER = logging.getLogger(__name__)
 
 Clock = Callable[[], float]
 
+#: Seconds between rescans of the data dirs; Describe always rescans.
+CATALOG_TTL = 60.0
+
 
 @dataclass(frozen=True)
 class VoiceInfo:
@@ -120,7 +123,7 @@ class VoiceCatalog:
     """The data dirs' voices, rescanned lazily. All methods do file I/O: call off the loop."""
 
     def __init__(
-        self, data_dirs: Iterable[Path], ttl: float, clock: Clock = time.monotonic
+        self, data_dirs: Iterable[Path], ttl: float = CATALOG_TTL, clock: Clock = time.monotonic
     ) -> None:
         self._data_dirs = tuple(data_dirs)
         self._ttl = ttl

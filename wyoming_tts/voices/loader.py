@@ -1,5 +1,6 @@
 """One voice in memory: its split graph, its phonemizer and its calibrated gain.
 
+A loaded voice is immutable once made; the pool keeps its bookkeeping apart.
 Everything here blocks (onnxruntime, espeak): callers run it on a worker thread.
 """
 
@@ -9,7 +10,7 @@ import logging
 import statistics
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +31,21 @@ CALIBRATION_TEXT = (
     "Your timer for ten minutes has started."
 )
 KEEP_ALIVE_TEXT = "Ok."
+#: Most phoneme ids per utterance (~250 characters); longer sentences are split at clauses,
+#: then words. The text encoder's time and memory grow with its square (600: ~55 MB).
+MAX_UTTERANCE_IDS = 600
+#: Largest vocoder chunk in frames the engine asks for (~0.05 MB of working memory each,
+#: plus 24 frames of overlap per call); warm-up grows kept decoder memory to it.
+MAX_CHUNK_FRAMES = 300
+
+
+@dataclass(frozen=True)
+class LoadOptions:
+    """How every voice is loaded: one record, so a new loader knob is one field."""
+
+    cache_dir: Path
+    intra_op_threads: int = 1
+    keep_decoder_memory: bool = False
 
 
 @dataclass(frozen=True)
@@ -46,21 +62,16 @@ class SynthParams:
         return (self.noise_scale, self.length_scale, self.noise_w_scale)
 
 
-@dataclass(eq=False)
+@dataclass(frozen=True, eq=False)
 class LoadedVoice:
-    """A voice ready to speak; the pool owns its bookkeeping fields."""
+    """A voice ready to speak. Thread-safe: it holds only immutable state and sessions."""
 
     entry: VoiceEntry
     model: VitsModel
     phonemizer: PiperVoice
-    gain: float
-    load_seconds: float
-    pinned: bool = False
-    in_use: int = 0
-    last_used: float = 0.0
-    last_warm: float = 0.0
-    stale: bool = False
-    warming: bool = field(default=False)
+    gain: float = 1.0
+    """Fixed output gain from the calibration text's peaks."""
+    load_seconds: float = 0.0
     frame_seconds: float = 0.0
     """Decoder seconds per frame over whole utterances, measured at warm-up: the engine's
     first guess for sizing chunks."""
@@ -94,7 +105,7 @@ class LoadedVoice:
             speaker_id=speaker_id if cfg.num_speakers > 1 else None,
         )
 
-    def phoneme_ids(self, text: str, max_ids: int) -> list[list[int]]:
+    def phoneme_ids(self, text: str, max_ids: int = MAX_UTTERANCE_IDS) -> list[list[int]]:
         """Utterances for one piece of text, none longer than max_ids."""
         utterances: list[list[int]] = []
         for phonemes in self.phonemizer.phonemize(text):
@@ -120,7 +131,7 @@ class LoadedVoice:
         self,
         text: str,
         params: SynthParams,
-        max_ids: int,
+        max_ids: int = MAX_UTTERANCE_IDS,
         frame_costs: list[float] | None = None,
     ) -> list[np.ndarray]:
         """Whole utterances, unchunked: warm-up, calibration and tests.
@@ -171,20 +182,12 @@ def _cap_phonemes(phonemes: list[str], limit: int) -> list[list[str]]:
     return pieces
 
 
-def load_voice(
-    entry: VoiceEntry,
-    cache_dir: Path,
-    intra_op_threads: int,
-    max_ids: int,
-    pinned: bool = False,
-    keep_decoder_memory: bool = False,
-    max_chunk_frames: int = 0,
-) -> LoadedVoice:
+def load_voice(entry: VoiceEntry, options: LoadOptions) -> LoadedVoice:
     """Load, split and warm a voice with real inference over the whole graph.
 
     With ``keep_decoder_memory``, the decoder also runs once at the largest sizes a
-    request can give it (``max_ids``, ``max_chunk_frames``), so its kept memory is part
-    of the idle figure rather than a surprise on the first long reply.
+    request can give it, so its kept memory is part of the idle figure rather than a
+    surprise on the first long reply.
 
     Raises VoiceLoadFailed for anything wrong with the files, so a bad voice
     fails its own requests and nothing else.
@@ -194,35 +197,36 @@ def load_voice(
         config = PiperConfig.from_dict(entry.info.raw)
         model = VitsModel.load(
             entry.model_path,
-            cache_dir,
-            session_options(intra_op_threads),
+            options.cache_dir,
+            session_options(options.intra_op_threads),
             entry.info.hop_length,
-            keep_decoder_memory=keep_decoder_memory,
+            keep_decoder_memory=options.keep_decoder_memory,
         )
         phonemizer = PiperVoice(session=None, config=config)
     except Exception as err:
         _LOGGER.debug("Load of %s failed", entry.name, exc_info=True)
         raise VoiceLoadFailed(f"Voice '{entry.name}' could not be loaded: {_reason(err)}") from err
-    voice = LoadedVoice(
-        entry=entry, model=model, phonemizer=phonemizer, gain=1.0, load_seconds=0.0, pinned=pinned
-    )
+    voice = LoadedVoice(entry=entry, model=model, phonemizer=phonemizer)
     costs: list[float] = []
+    max_ids = MAX_UTTERANCE_IDS
     try:
         params = voice.params(None, None, None, None)
         peaks = [
             float(np.max(np.abs(a)))
             for a in voice.speak_blocking(CALIBRATION_TEXT, params, max_ids, costs)
         ]
-        if keep_decoder_memory and max_chunk_frames > 0:
-            _reach_working_size(voice, params, max_ids, max_chunk_frames)
+        if options.keep_decoder_memory:
+            _reach_working_size(voice, params, max_ids, MAX_CHUNK_FRAMES)
     except Exception as err:
         _LOGGER.debug("Warm-up of %s failed", entry.name, exc_info=True)
         raise VoiceLoadFailed(f"Voice '{entry.name}' failed its warm-up: {_reason(err)}") from err
-    voice.frame_seconds = statistics.median(costs)
     usable = [p for p in peaks if p > 1e-4]
-    voice.gain = statistics.median(1.0 / p for p in usable) if usable else 1.0
-    voice.load_seconds = time.perf_counter() - started
-    return voice
+    return replace(
+        voice,
+        gain=statistics.median(1.0 / p for p in usable) if usable else 1.0,
+        frame_seconds=statistics.median(costs),
+        load_seconds=time.perf_counter() - started,
+    )
 
 
 def _reach_working_size(
@@ -249,7 +253,7 @@ def _reach_working_size(
 
 def keep_alive(voice: LoadedVoice) -> None:
     """A tiny inference through all graphs, so idle pages and caches stay warm."""
-    voice.speak_blocking(KEEP_ALIVE_TEXT, voice.params(None, None, None, None), 64)
+    voice.speak_blocking(KEEP_ALIVE_TEXT, voice.params(None, None, None, None))
 
 
 def _reason(err: BaseException) -> str:

@@ -25,14 +25,13 @@ from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
-from pathlib import Path
 from typing import TypeVar
 
 from ..errors import Busy, MemoryExhausted, TtsError, VoiceLoadFailed, VoiceNotFound
 from ..runtime.memory import process_rss, trim_heap
 from ..runtime.scheduler import Scheduler
 from .catalog import VoiceCatalog, VoiceEntry
-from .loader import LoadedVoice, keep_alive, load_voice
+from .loader import LoadedVoice, LoadOptions, keep_alive, load_voice
 
 _LOGGER = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -46,19 +45,41 @@ LOAD_COST_FACTOR = 1.6
 KEPT_DECODER_BYTES = 64 * 2**20
 
 
+#: Seconds a request waits for a voice slot or memory before `busy`/`memory-exhausted`.
+LOAD_WAIT_TIMEOUT = 10.0
+
+
 @dataclass(frozen=True)
 class PoolConfig:
+    load: LoadOptions
     max_voices: int
     idle_timeout: float
     keep_alive_interval: float
     memory_threshold_bytes: int
-    load_wait_timeout: float
     pin_preloaded: bool
-    intra_op_threads: int
-    max_utterance_ids: int
-    cache_dir: Path
-    keep_decoder_memory: bool = False
-    max_chunk_frames: int = 0
+    load_wait_timeout: float = LOAD_WAIT_TIMEOUT
+
+
+@dataclass(eq=False)
+class _Slot:
+    """The pool's bookkeeping for one loaded voice; the voice itself never changes."""
+
+    voice: LoadedVoice
+    pinned: bool = False
+    in_use: int = 0
+    last_used: float = 0.0
+    last_warm: float = 0.0
+    stale: bool = False
+    """Its files changed or vanished: unload once no request holds it."""
+    warming: bool = False
+
+    @property
+    def name(self) -> str:
+        return self.voice.name
+
+    @property
+    def busy(self) -> bool:
+        return self.in_use > 0 or self.warming
 
 
 @dataclass(frozen=True)
@@ -71,12 +92,11 @@ class PoolStats:
             f"loaded=[{', '.join(self.loaded)}] loads={self.loads} "
             f"load_failures={self.load_failures} load_time={self.load_seconds_total:.2f}s "
             f"hits={self.hits} misses={self.misses} evictions={evictions} "
-            f"keep_alive={self.keep_alive_runs} rss={self.rss_bytes / 2**20:.0f}MB "
+            f"keep_alive={self.keep_alive_runs} "
             f"active={self.active_requests} waiting={self.waiting_requests}"
         )
 
     loaded: tuple[str, ...]
-    in_use: tuple[str, ...]
     loads: int
     load_failures: int
     load_seconds_total: float
@@ -84,7 +104,6 @@ class PoolStats:
     misses: int
     evictions: dict[str, int]
     keep_alive_runs: int
-    rss_bytes: int
     active_requests: int
     waiting_requests: int
 
@@ -100,7 +119,7 @@ class VoicePool:
         *,
         clock: Callable[[], float] = time.monotonic,
         memory_reader: Callable[[], int] = process_rss,
-        loader: Callable[..., LoadedVoice] = load_voice,
+        loader: Callable[[VoiceEntry, LoadOptions], LoadedVoice] = load_voice,
     ) -> None:
         self._config = config
         self._catalog = catalog
@@ -108,8 +127,8 @@ class VoicePool:
         self._clock = clock
         self._memory_reader = memory_reader
         self._loader = loader
-        self._voices: OrderedDict[str, LoadedVoice] = OrderedDict()
-        self._loading: dict[str, asyncio.Task[LoadedVoice]] = {}
+        self._slots: OrderedDict[str, _Slot] = OrderedDict()
+        self._loading: dict[str, asyncio.Task[_Slot]] = {}
         self._changed = asyncio.Condition()
         self._warm_lock = asyncio.Lock()
         self._io = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tts-io")
@@ -131,6 +150,10 @@ class VoicePool:
         """File I/O (catalog scans, stats) off the loop, on a thread of its own."""
         return await asyncio.get_running_loop().run_in_executor(self._io, func, *args)
 
+    async def _rss(self) -> int:
+        """Resident bytes, read off the loop (it is a /proc read)."""
+        return await self.run_io(self._memory_reader)
+
     async def entries(self, force: bool = False) -> dict[str, VoiceEntry]:
         return await self.run_io(self._catalog.refresh, force)
 
@@ -141,7 +164,8 @@ class VoicePool:
         for name in names:
             entry = await self.run_io(self._catalog.get, name)
             async with self._warm_lock:
-                voice = await self._load(entry, pinned=self._config.pin_preloaded)
+                slot = await self._load(entry, pinned=self._config.pin_preloaded)
+            voice = slot.voice
             _LOGGER.info(
                 "Primed voice %s in %.2f s (gain %.2f)", name, voice.load_seconds, voice.gain
             )
@@ -166,7 +190,7 @@ class VoicePool:
                     await chore
         for task in self._loading.values():
             task.cancel()
-        self._voices.clear()
+        self._slots.clear()
         # Wait for a load in progress: a thread inside onnxruntime must not outlive us.
         await asyncio.to_thread(self._io.shutdown, wait=True, cancel_futures=True)
 
@@ -175,44 +199,39 @@ class VoicePool:
     @contextlib.asynccontextmanager
     async def acquire(self, name: str) -> AsyncIterator[LoadedVoice]:
         """The loaded voice, held in use (never evicted) until the block ends."""
-        voice = await self._get(name)
-        voice.in_use += 1
-        voice.last_used = self._clock()
-        self._voices.move_to_end(voice.name)
+        slot = await self._get(name)
+        slot.in_use += 1
+        slot.last_used = self._clock()
+        self._slots.move_to_end(slot.name)
         try:
-            yield voice
+            yield slot.voice
         finally:
-            voice.in_use -= 1
-            voice.last_used = self._clock()
-            if voice.stale and voice.in_use == 0 and self._voices.get(voice.name) is voice:
-                self._unload(voice, "replaced")
+            slot.in_use -= 1
+            slot.last_used = self._clock()
+            if slot.stale and slot.in_use == 0 and self._slots.get(slot.name) is slot:
+                self._unload(slot, "replaced")
             async with self._changed:
                 self._changed.notify_all()
 
-    async def _get(self, name: str) -> LoadedVoice:
+    async def _get(self, name: str) -> _Slot:
         try:
             entry = await self.run_io(self._catalog.get, name)
         except VoiceNotFound:
-            loaded = self._voices.get(name)
+            loaded = self._slots.get(name)
             if loaded is None:
                 raise
             # Its files vanished under a loaded copy: say so, and let the copy go.
-            loaded.stale = True
-            if loaded.in_use == 0:
-                self._unload(loaded, "replaced")
+            self._retire(loaded)
             raise VoiceLoadFailed(f"Voice '{name}' was removed from disk.") from None
         counted = False
         while True:
-            voice = self._voices.get(name)
-            if voice is not None and not voice.stale and voice.entry.identity == entry.identity:
+            slot = self._slots.get(name)
+            if slot is not None and slot.voice.entry.identity != entry.identity:
+                self._retire(slot)  # files replaced on disk: reload on this use
+            elif slot is not None and not slot.stale:
                 if not counted:
                     self._hits += 1
-                return voice
-            if voice is not None and voice.entry.identity != entry.identity:
-                # Files replaced on disk: reload on this use.
-                voice.stale = True
-                if voice.in_use == 0:
-                    self._unload(voice, "replaced")
+                return slot
             if not counted:
                 self._misses += 1
                 counted = True
@@ -223,28 +242,23 @@ class VoicePool:
                 task.add_done_callback(partial(self._loading_done, name))
             await asyncio.shield(task)
 
-    def _loading_done(self, name: str, task: asyncio.Task[LoadedVoice]) -> None:
+    def _retire(self, slot: _Slot) -> None:
+        slot.stale = True
+        if slot.in_use == 0:
+            self._unload(slot, "replaced")
+
+    def _loading_done(self, name: str, task: asyncio.Task[_Slot]) -> None:
         if self._loading.get(name) is task:
             del self._loading[name]
         if not task.cancelled():
             task.exception()  # retrieved here; each waiter re-raises its own copy
 
-    async def _load(self, entry: VoiceEntry, pinned: bool) -> LoadedVoice:
+    async def _load(self, entry: VoiceEntry, pinned: bool) -> _Slot:
         await self._make_room(entry)
         loop = asyncio.get_running_loop()
         self._reserved += 1
         try:
-            voice = await loop.run_in_executor(
-                self._io,
-                self._loader,
-                entry,
-                self._config.cache_dir,
-                self._config.intra_op_threads,
-                self._config.max_utterance_ids,
-                pinned,
-                self._config.keep_decoder_memory,
-                self._config.max_chunk_frames,
-            )
+            voice = await loop.run_in_executor(self._io, self._loader, entry, self._config.load)
         except TtsError:
             self._load_failures += 1
             raise
@@ -255,18 +269,17 @@ class VoicePool:
         finally:
             self._reserved -= 1
         now = self._clock()
-        voice.last_used = now
-        voice.last_warm = now
-        old = self._voices.pop(entry.name, None)
+        slot = _Slot(voice, pinned=pinned, last_used=now, last_warm=now)
+        old = self._slots.pop(entry.name, None)
         if old is not None and old.in_use == 0:
             self._evictions["replaced"] += 1
-        self._voices[entry.name] = voice
+        self._slots[entry.name] = slot
         self._loads += 1
         self._load_seconds += voice.load_seconds
         _LOGGER.info("Loaded voice %s in %.2f s; %s", entry.name, voice.load_seconds, self.stats())
         await self.run_io(trim_heap)  # loading leaves ~100 MB of freed parse buffers
-        await self._enforce_memory(keep=voice)
-        return voice
+        await self._enforce_memory(keep=slot)
+        return slot
 
     async def _make_room(self, entry: VoiceEntry) -> None:
         """Evict idle voices until one more fits by count and memory, or wait, or fail."""
@@ -274,7 +287,7 @@ class VoicePool:
         deadline = time.monotonic() + self._config.load_wait_timeout
         threshold = self._config.memory_threshold_bytes
         cost = int(entry.model_size * LOAD_COST_FACTOR)
-        if self._config.keep_decoder_memory:
+        if self._config.load.keep_decoder_memory:
             cost += KEPT_DECODER_BYTES
         # Loads already past this point are not in the RSS reading yet: count them too.
         cost *= 1 + self._reserved
@@ -284,14 +297,13 @@ class VoicePool:
             count_ok = self._slots_used() < self._config.max_voices
             memory_ok = True
             if threshold > 0:
-                while self._memory_reader() + cost > threshold and self._evict_one("memory"):
+                while await self._rss() + cost > threshold and self._evict_one("memory"):
                     await self.run_io(trim_heap)
-                memory_ok = self._memory_reader() + cost <= threshold
+                memory_ok = await self._rss() + cost <= threshold
             if count_ok and memory_ok:
                 return
-            busy = [v for v in self._voices.values() if v.in_use or v.warming]
             remaining = deadline - time.monotonic()
-            if not busy or remaining <= 0:
+            if not any(s.busy for s in self._slots.values()) or remaining <= 0:
                 if not memory_ok:
                     raise MemoryExhausted(
                         f"Not enough memory to load voice '{entry.name}' "
@@ -306,36 +318,30 @@ class VoicePool:
                     await asyncio.wait_for(self._changed.wait(), timeout=min(remaining, 1.0))
 
     def _slots_used(self) -> int:
-        return len(self._voices) + self._reserved
+        return len(self._slots) + self._reserved
 
-    def _evictable(self) -> list[LoadedVoice]:
+    def _evictable(self) -> list[_Slot]:
         """Idle, unpinned voices, least recently used first."""
-        return [
-            v for v in self._voices.values() if v.in_use == 0 and not v.warming and not v.pinned
-        ]
+        return [s for s in self._slots.values() if not s.busy and not s.pinned]
 
-    def _evict_one(self, reason: str) -> bool:
-        candidates = self._evictable()
+    def _evict_one(self, reason: str, keep: _Slot | None = None) -> bool:
+        candidates = [s for s in self._evictable() if s is not keep]
         if not candidates:
             return False
-        self._unload(min(candidates, key=lambda v: v.last_used), reason)
+        self._unload(min(candidates, key=lambda s: s.last_used), reason)
         return True
 
-    def _unload(self, voice: LoadedVoice, reason: str) -> None:
-        if self._voices.get(voice.name) is voice:
-            del self._voices[voice.name]
+    def _unload(self, slot: _Slot, reason: str) -> None:
+        if self._slots.get(slot.name) is slot:
+            del self._slots[slot.name]
         self._evictions[reason] += 1
-        _LOGGER.info("Unloaded voice %s (%s); %s", voice.name, reason, self.stats())
+        _LOGGER.info("Unloaded voice %s (%s); %s", slot.name, reason, self.stats())
 
-    async def _enforce_memory(self, keep: LoadedVoice | None = None) -> None:
+    async def _enforce_memory(self, keep: _Slot | None = None) -> None:
         threshold = self._config.memory_threshold_bytes
         if threshold <= 0:
             return
-        while self._memory_reader() > threshold:
-            candidates = [v for v in self._evictable() if v is not keep]
-            if not candidates:
-                return
-            self._unload(min(candidates, key=lambda v: v.last_used), "memory")
+        while await self._rss() > threshold and self._evict_one("memory", keep):
             await self.run_io(trim_heap)
 
     # ------------------------------------------------------------------ maintenance
@@ -353,42 +359,38 @@ class VoicePool:
         now = self._clock()
         idle_timeout = self._config.idle_timeout
         if idle_timeout > 0:
-            for voice in self._evictable():
-                if now - voice.last_used >= idle_timeout:
-                    self._unload(voice, "idle")
+            for slot in self._evictable():
+                if now - slot.last_used >= idle_timeout:
+                    self._unload(slot, "idle")
                     await self.run_io(trim_heap)
         await self._enforce_memory()
         interval = self._config.keep_alive_interval
         if interval > 0:
-            for voice in list(self._voices.values()):
-                if self._scheduler.active_requests or self._scheduler.queued_steps:
+            for slot in list(self._slots.values()):
+                if not self._scheduler.quiet:
                     break  # real work comes first
-                if voice.in_use or voice.warming:
-                    continue
-                if now - max(voice.last_used, voice.last_warm) < interval:
-                    continue
-                await self._keep_alive(voice)
+                if not slot.busy and now - max(slot.last_used, slot.last_warm) >= interval:
+                    await self._keep_alive(slot)
 
-    async def _keep_alive(self, voice: LoadedVoice) -> None:
+    async def _keep_alive(self, slot: _Slot) -> None:
         async with self._warm_lock:
-            if self._voices.get(voice.name) is not voice:
+            if self._slots.get(slot.name) is not slot:
                 return
-            voice.warming = True
+            slot.warming = True
             try:
-                await self._scheduler.run(keep_alive, voice)
+                await self._scheduler.run(keep_alive, slot.voice)
                 self._keep_alive_runs += 1
             except Exception:
-                _LOGGER.warning("Keep-alive of voice %s failed", voice.name, exc_info=True)
+                _LOGGER.warning("Keep-alive of voice %s failed", slot.name, exc_info=True)
             finally:
-                voice.warming = False
-                voice.last_warm = self._clock()
+                slot.warming = False
+                slot.last_warm = self._clock()
 
     # ------------------------------------------------------------------ stats
 
     def stats(self) -> PoolStats:
         return PoolStats(
-            loaded=tuple(self._voices),
-            in_use=tuple(v.name for v in self._voices.values() if v.in_use),
+            loaded=tuple(self._slots),
             loads=self._loads,
             load_failures=self._load_failures,
             load_seconds_total=self._load_seconds,
@@ -396,7 +398,6 @@ class VoicePool:
             misses=self._misses,
             evictions=dict(self._evictions),
             keep_alive_runs=self._keep_alive_runs,
-            rss_bytes=self._memory_reader(),
             active_requests=self._scheduler.active_requests,
             waiting_requests=self._scheduler.waiting_requests,
         )
@@ -413,10 +414,10 @@ class VoicePool:
     async def _trim_when_quiet(self) -> None:
         while True:
             await asyncio.sleep(TRIM_QUIET)
-            if self._scheduler.active_requests == 0 and self._scheduler.queued_steps == 0:
+            if self._scheduler.quiet:
                 break
         # Not on the I/O thread: the next request's catalog lookup must not queue behind it.
         await asyncio.to_thread(trim_heap)
 
     def loaded(self) -> dict[str, LoadedVoice]:
-        return dict(self._voices)
+        return {name: slot.voice for name, slot in self._slots.items()}

@@ -1,8 +1,8 @@
-"""Render the settings as the README table and the documented config file.
+"""The README's generated tables (settings, error codes) and the documented config file.
 
-Both are generated from the field metadata in `config.py`, and a test checks
-the committed files match, so a new knob cannot go undocumented.
-Run `python -m wyoming_tts.settings_docs config > config/wyoming-tts.toml`.
+They are rendered from the field metadata in `config.py` and the error classes
+in `errors.py`, and a test checks the committed files match, so a new knob or
+code cannot go undocumented. `script/gen-docs` rewrites them.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ import typing
 from pathlib import Path
 from typing import Any
 
+from . import errors
 from .config import ENV_PREFIX, Settings, settings_fields
 
 GROUP_TITLES = {
@@ -88,6 +89,37 @@ def render_table() -> str:
     return "\n".join(rows) + "\n"
 
 
+def error_classes() -> list[type[errors.TtsError]]:
+    """Every error a client can get, in the order errors.py defines them."""
+    found = [
+        cls
+        for cls in vars(errors).values()
+        if isinstance(cls, type) and issubclass(cls, errors.TtsError) and cls is not errors.TtsError
+    ]
+    return found
+
+
+def render_error_table() -> str:
+    rows = ["| code | meaning |", "|---|---|"]
+    for cls in error_classes():
+        doc = " ".join((cls.__doc__ or "").split()).replace("|", "\\|")
+        rows.append(f"| `{cls.code}` | {doc} |")
+    return "\n".join(rows) + "\n"
+
+
+#: README sections between `<!-- NAME:start -->` and `<!-- NAME:end -->`, and their renderers.
+README_SECTIONS = {"settings-table": render_table, "error-table": render_error_table}
+
+
+def render_readme(readme: str) -> str:
+    """The README with every generated section rendered anew."""
+    for name, render in README_SECTIONS.items():
+        start, end = f"<!-- {name}:start -->\n", f"<!-- {name}:end -->"
+        i, j = readme.index(start) + len(start), readme.index(end)
+        readme = readme[:i] + render() + readme[j:]
+    return readme
+
+
 def _wrap(text: str, width: int) -> list[str]:
     out: list[str] = []
     line = ""
@@ -102,6 +134,12 @@ def _wrap(text: str, width: int) -> list[str]:
     return out
 
 
+def write(root: Path) -> None:
+    """Rewrite the generated files under the checkout at ``root``."""
+    (root / "config" / "wyoming-tts.toml").write_text(render_config())
+    readme = root / "README.md"
+    readme.write_text(render_readme(readme.read_text()))
+
+
 if __name__ == "__main__":
-    what = sys.argv[1] if len(sys.argv) > 1 else "config"
-    sys.stdout.write(render_config() if what == "config" else render_table())
+    write(Path(sys.argv[1] if len(sys.argv) > 1 else "."))

@@ -1,0 +1,98 @@
+"""The chunk planner alone: pure arithmetic, no onnxruntime, a fake clock."""
+
+from __future__ import annotations
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from wyoming_tts.synth.chunking import (
+    FIRST_CHUNK_FRAMES,
+    LOW_WATER,
+    MAX_CHUNK_FRAMES,
+    MAX_FIRST_CHUNK_FACTOR,
+    Pacing,
+    next_frame_cost,
+    plan_chunk,
+)
+
+MARGIN = 12
+
+
+def test_first_chunk_is_small_and_grows_with_the_crowd() -> None:
+    firsts = [
+        plan_chunk(0, 1000, ahead=None, frame_cost=0.001, margin=MARGIN, requests_in_flight=n)
+        for n in (0, 1, 2, 3, 8)
+    ]
+    f = FIRST_CHUNK_FRAMES
+    assert firsts == [f, f, 2 * f, 3 * f, MAX_FIRST_CHUNK_FACTOR * f]
+
+
+def test_later_chunks_are_what_the_audio_ahead_affords() -> None:
+    # 1 s ahead at 1 ms a frame: 600 frames affordable, capped at the maximum chunk.
+    assert plan_chunk(16, 5000, ahead=1.0, frame_cost=0.001, margin=MARGIN) == 16 + MAX_CHUNK_FRAMES
+    # 0.1 s ahead: 60 frames affordable, less both margins.
+    assert plan_chunk(16, 5000, ahead=0.1, frame_cost=0.001, margin=MARGIN) == 16 + 60 - 2 * MARGIN
+
+
+def test_little_ahead_still_makes_progress() -> None:
+    assert (
+        plan_chunk(16, 5000, ahead=-1.0, frame_cost=0.001, margin=MARGIN) == 16 + FIRST_CHUNK_FRAMES
+    )
+
+
+def test_a_remainder_that_fits_is_taken_whole() -> None:
+    assert plan_chunk(100, 300, ahead=5.0, frame_cost=0.001, margin=MARGIN) == 300
+
+
+def test_no_crumbs_at_the_end() -> None:
+    total = 16 + FIRST_CHUNK_FRAMES + FIRST_CHUNK_FRAMES - 1
+    assert plan_chunk(16, total, ahead=0.0, frame_cost=0.001, margin=MARGIN) == total
+
+
+@given(
+    start=st.integers(0, 5000),
+    length=st.integers(1, 5000),
+    ahead=st.one_of(st.none(), st.floats(-10, 10)),
+    cost=st.floats(1e-5, 0.1),
+    crowd=st.integers(0, 20),
+)
+def test_every_plan_moves_forward_within_bounds(
+    start: int, length: int, ahead: float | None, cost: float, crowd: int
+) -> None:
+    total = start + length
+    end = plan_chunk(
+        start, total, ahead=ahead, frame_cost=cost, margin=MARGIN, requests_in_flight=crowd
+    )
+    assert start < end <= total
+    taken_whole = end == total and length <= MAX_CHUNK_FRAMES + 2 * MARGIN + FIRST_CHUNK_FRAMES
+    assert end - start <= MAX_CHUNK_FRAMES + FIRST_CHUNK_FRAMES or taken_whole
+    assert end == total or total - end >= FIRST_CHUNK_FRAMES
+
+
+def test_frame_cost_is_a_moving_estimate() -> None:
+    assert next_frame_cost(0.001, 0.3, 100) == 0.5 * 0.001 + 0.5 * 0.003
+    assert next_frame_cost(0.001, 0.0, 0) == 0.0005  # no frames: no division by zero
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_pacing_tracks_audio_ahead_of_playback() -> None:
+    clock = FakeClock()
+    pacing = Pacing(frame_cost=0.001, clock=clock)
+    assert pacing.ahead() is None and pacing.starving()
+    assert not pacing.timed(0.5, 10)  # before first audio: not a vocoder timing
+    assert pacing.frame_cost == 0.001
+    pacing.emitted(0.2)
+    assert pacing.started and pacing.ahead() == 0.2
+    assert pacing.starving()  # under LOW_WATER left
+    pacing.emitted(LOW_WATER)
+    assert not pacing.starving()
+    clock.now += 1.0  # playback overtook production
+    assert pacing.timed(0.01, 10)
+    assert pacing.frame_cost == next_frame_cost(0.001, 0.01, 10)

@@ -1,0 +1,106 @@
+"""How many frames to decode next: small first, then as much as the audio ahead affords.
+
+The first chunk of a response is small, so audio leaves at once. After it, each
+chunk is sized by how far the audio already produced is ahead of real-time
+playback, at the decoder's measured cost per frame: later chunks are large, and
+the total compute stays close to one unchunked decode. `plan_chunk` is pure;
+`Pacing` keeps the one response's clock and cost estimate that feed it.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from ..voices.loader import MAX_CHUNK_FRAMES
+
+#: Frames (11.6 ms each at 22 kHz) of a response's first chunk; 8 gained nothing
+#: measurable and left a gap in 5 of 15 replies (docs/decisions.md).
+FIRST_CHUNK_FRAMES = 16
+#: The first chunk grows with the requests in flight, up to this many times its size:
+#: the next chunk waits its turn behind theirs, and the first must last until it is ready.
+MAX_FIRST_CHUNK_FACTOR = 4
+#: Share of the audio already ahead of playback that the next chunk may take to compute.
+SAFETY = 0.6
+#: Seconds of audio ahead of playback below which a playing response's steps are urgent
+#: too, so new requests' first steps cannot starve it into a gap.
+LOW_WATER = 0.5
+#: Guess of decoder seconds per frame for a voice not yet timed (its warm-up times it).
+INITIAL_FRAME_COST = 0.0008
+
+
+def plan_chunk(
+    start: int,
+    total: int,
+    *,
+    ahead: float | None,
+    frame_cost: float,
+    margin: int,
+    requests_in_flight: int = 1,
+) -> int:
+    """End frame of the chunk that starts at ``start`` of a ``total``-frame utterance.
+
+    ``ahead`` is the seconds of audio produced beyond what has played, None before
+    the response's first audio; ``margin`` the frames of context decoded on each side.
+    """
+    if ahead is None:
+        crowd = min(MAX_FIRST_CHUNK_FACTOR, max(1, requests_in_flight))
+        end = start + min(MAX_CHUNK_FRAMES, FIRST_CHUNK_FRAMES * crowd)
+    else:
+        affordable = int(max(0.0, ahead * SAFETY) / frame_cost)
+        if total - start <= min(affordable, MAX_CHUNK_FRAMES + 2 * margin):
+            # Whole is cheaper than cut (no overlap decoded twice) and costs the
+            # memory of a maximal chunk with its margins.
+            end = total
+        else:
+            frames = max(FIRST_CHUNK_FRAMES, affordable - 2 * margin)
+            end = start + min(MAX_CHUNK_FRAMES, frames)
+    if total - end < FIRST_CHUNK_FRAMES:
+        end = total  # no crumbs at the end of an utterance
+    return min(end, total)
+
+
+def next_frame_cost(cost: float, seconds: float, frames: int) -> float:
+    """Moving estimate of decoder seconds per frame, from one timed decode."""
+    return 0.5 * cost + 0.5 * (seconds / max(1, frames))
+
+
+@dataclass
+class Pacing:
+    """One response's playback clock: audio produced against audio played."""
+
+    frame_cost: float = INITIAL_FRAME_COST
+    clock: Callable[[], float] = time.perf_counter
+    produced: float = 0.0
+    """Seconds of audio produced so far."""
+    started_at: float | None = None
+    """When the first audio left; playback is assumed to start then."""
+
+    @property
+    def started(self) -> bool:
+        return self.started_at is not None
+
+    def ahead(self) -> float | None:
+        """Seconds of audio produced but not yet played; None before the first audio."""
+        if self.started_at is None:
+            return None
+        return self.produced - (self.clock() - self.started_at)
+
+    def starving(self) -> bool:
+        """Before the first audio, or with under LOW_WATER seconds of it left to play."""
+        ahead = self.ahead()
+        return ahead is None or ahead < LOW_WATER
+
+    def timed(self, seconds: float, frames: int) -> bool:
+        """Record one decode after the first; True if playback ran dry meanwhile."""
+        if self.started_at is None:
+            return False  # the first window also runs the flow: not a vocoder timing
+        self.frame_cost = next_frame_cost(self.frame_cost, seconds, frames)
+        ahead = self.ahead()
+        return ahead is not None and ahead < 0
+
+    def emitted(self, seconds: float) -> None:
+        if self.started_at is None:
+            self.started_at = self.clock()
+        self.produced += seconds
