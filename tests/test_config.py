@@ -153,3 +153,21 @@ def test_workers_default_to_one_per_core() -> None:
     assert own.effective_workers == (os.cpu_count() or 1)
     fixed, _ = load_settings([], {"WYOMING_TTS_WORKERS": "3"})
     assert fixed.effective_workers == 3
+
+
+def test_removed_settings_warn_instead_of_failing(tmp_path: Path) -> None:
+    """An old config file, environment or command line still starts, with one warning each."""
+    old = tmp_path / "old.toml"
+    old.write_text("[synthesis]\nmax_chunk_frames = 100\nmax_voices = 2\n")
+    settings, warnings = load_settings(
+        ["--config", str(old), "--shared-threads", "--read-timeout", "3"],
+        {"WYOMING_TTS_CATALOG_TTL": "5"},
+    )
+    assert settings.max_voices == 2
+    assert len(warnings) == 4
+    assert all("no longer a setting" in w for w in warnings)
+    assert any("max_chunk_frames" in w for w in warnings)
+    with pytest.raises(ConfigError, match="^max_chunk_frame: unknown setting"):
+        bad = tmp_path / "typo.toml"
+        bad.write_text("max_chunk_frame = 100\n")
+        load_settings(["--config", str(bad)], {})

@@ -70,10 +70,6 @@ class AudioFramer:
     _pending: bytearray = field(default_factory=bytearray)
     _samples_sent: int = 0
 
-    @property
-    def seconds_sent(self) -> float:
-        return self._samples_sent / self.rate
-
     def start(self) -> Event | None:
         if self.started:
             return None

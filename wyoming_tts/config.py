@@ -32,6 +32,22 @@ DEFAULT_ZEROCONF_NAME = "wyoming-tts"
 
 _LOGGER = logging.getLogger(__name__)
 
+#: Settings of earlier versions, now internal constants (docs/decisions.md): accepted
+#: anywhere with one warning and ignored, so an old config file or command line still starts.
+REMOVED_SETTINGS = (
+    "shared_threads",
+    "max_header_bytes",
+    "max_event_bytes",
+    "read_timeout",
+    "catalog_ttl",
+    "load_wait_timeout",
+    "max_chunk_chars",
+    "max_utterance_ids",
+    "first_chunk_frames",
+    "max_chunk_frames",
+    "max_ahead_seconds",
+)
+
 
 class ConfigError(ValueError):
     """An invalid setting; its message names the key and fits on one line."""
@@ -389,7 +405,11 @@ def settings_fields() -> list[dataclasses.Field[Any]]:
     return list(dataclasses.fields(Settings))
 
 
-def load_file(path: Path) -> dict[str, Any]:
+def _removed(key: str) -> str:
+    return f"{key} is no longer a setting (now an internal constant); ignored"
+
+
+def load_file(path: Path, warnings: list[str] | None = None) -> dict[str, Any]:
     """Flat keys from a TOML file; tables are only for grouping and are flattened."""
     try:
         with path.open("rb") as handle:
@@ -406,15 +426,22 @@ def load_file(path: Path) -> dict[str, Any]:
     types_ = _field_types()
     out: dict[str, Any] = {}
     for key, value in flat.items():
+        if key in REMOVED_SETTINGS:
+            if warnings is not None:
+                warnings.append(f"{path}: {_removed(key)}")
+            continue
         if key not in known:
             raise ConfigError(f"{key}: unknown setting in {path}")
         out[key] = _coerce(key, value, types_[key], from_text=False)
     return out
 
 
-def load_env(environ: Mapping[str, str]) -> dict[str, Any]:
+def load_env(environ: Mapping[str, str], warnings: list[str] | None = None) -> dict[str, Any]:
     types_ = _field_types()
     out: dict[str, Any] = {}
+    for key in REMOVED_SETTINGS:
+        if ENV_PREFIX + key.upper() in environ and warnings is not None:
+            warnings.append(f"{ENV_PREFIX}{key.upper()}: {_removed(key)}")
     for f in settings_fields():
         name = ENV_PREFIX + f.name.upper()
         if name in environ:
@@ -459,6 +486,10 @@ def build_parser() -> argparse.ArgumentParser:
                 flags.append("--noise-w")
             parser.add_argument(*flags, dest=f.name, metavar="VALUE", help=doc)
     # Flags wyoming-piper users have in their compose files that mean nothing here.
+    for key in REMOVED_SETTINGS:
+        flag = "--" + key.replace("_", "-")
+        flags = [flag, "--no-" + flag[2:]] if key == "shared_threads" else [flag]
+        parser.add_argument(*flags, dest=f"_removed_{key}", nargs="?", help=argparse.SUPPRESS)
     parser.add_argument("--download-dir", dest="_deprecated_download_dir", help=argparse.SUPPRESS)
     parser.add_argument(
         "--update-voices",
@@ -491,6 +522,10 @@ def load_settings(
     ):
         if namespace.pop(old, None):
             warnings.append(why)
+    for key in REMOVED_SETTINGS:
+        if f"_removed_{key}" in namespace:
+            del namespace[f"_removed_{key}"]
+            warnings.append(f"--{key.replace('_', '-')}: {_removed(key)}")
 
     config_arg = namespace.pop("config", None) or environ.get(ENV_PREFIX + "CONFIG")
     values: dict[str, Any] = {}
@@ -498,11 +533,11 @@ def load_settings(
         config_path = Path(config_arg)
         if not config_path.is_file():
             raise ConfigError(f"config: no such file {config_path}")
-        values.update(load_file(config_path))
+        values.update(load_file(config_path, warnings))
     elif DEFAULT_CONFIG_PATH.is_file():
-        values.update(load_file(DEFAULT_CONFIG_PATH))
+        values.update(load_file(DEFAULT_CONFIG_PATH, warnings))
 
-    values.update(load_env(environ))
+    values.update(load_env(environ, warnings))
 
     types_ = _field_types()
     for key, value in namespace.items():

@@ -134,10 +134,6 @@ class VoiceCatalog:
         self._warned: set[Path] = set()
         self.config_reads = 0
 
-    @property
-    def data_dirs(self) -> tuple[Path, ...]:
-        return self._data_dirs
-
     def refresh(self, force: bool = False) -> dict[str, VoiceEntry]:
         """Rescan if the TTL passed (or forced); returns the current entries."""
         now = self._clock()
@@ -145,9 +141,6 @@ class VoiceCatalog:
             self._entries = self._scan()
             self._scanned_at = now
         return self._entries
-
-    def entries(self) -> dict[str, VoiceEntry]:
-        return self.refresh()
 
     def get(self, name: str) -> VoiceEntry:
         """The installed voice called `name`, rescanning once if it is unknown or changed."""
