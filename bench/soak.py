@@ -220,7 +220,7 @@ async def k_chunk_without_start(conn: Conn, rng: random.Random, _: Limits) -> st
 
 
 async def k_bad_request(conn: Conn, rng: random.Random, _: Limits) -> str:
-    data = rng.choice([{"text": 123}, {"text": "hi", "voice": "joe"}, {}])
+    data: dict[str, Any] = rng.choice([{"text": 123}, {"text": "hi", "voice": "joe"}, {}])
     await conn.send("synthesize", data)
     outcome = await expect_error(conn)
     return outcome if await still_usable(conn) else f"{outcome}+unusable"
