@@ -34,7 +34,6 @@ _LOGGER = logging.getLogger(__name__)
 #: Frames of context decoded on each side of a chunk; the flow + HiFi-GAN receptive field
 #: of medium Piper voices fits in this (chunked output within 1 int16 LSB of a full decode).
 MARGIN_FRAMES = 32
-DEFAULT_HOP_LENGTH = 256
 
 #: Frames per run of the vocoder's later stages: their working memory is 8-32x that of
 #: the first per frame, so short runs bound it (~0.3 MB per frame at the last stage).
