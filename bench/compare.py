@@ -193,6 +193,8 @@ async def phase_texts(opts: Options, pair: Sequence[Server]) -> dict[str, Any]:
             for label, results in per_server.items():
                 row[label] = {
                     "ttfa": summarize(results, lambda r: r.ttfa),
+                    "heard": summarize(results, lambda r: r.heard),
+                    "total": summarize(results, lambda r: r.total),
                     "rtf": summarize(results, lambda r: r.rtf),
                     "audio_seconds": median([r.audio_seconds for r in results if r.ok]),
                 }
@@ -245,6 +247,7 @@ async def phase_concurrency(opts: Options, pair: Sequence[Server]) -> dict[str, 
     return {
         s.label: {
             "ttfa": summarize(raw[s.label], lambda r: r.ttfa),
+            "heard": summarize(raw[s.label], lambda r: r.heard),
             "total": summarize(raw[s.label], lambda r: r.total),
             "wall_seconds": median(walls[s.label]),
         }
@@ -336,39 +339,33 @@ def build_table(res: dict[str, Any]) -> list[dict[str, Any]]:
             "s",
         )
     texts = res.get("texts", {})
-    ttfa_ratios: list[float] = []
-    rtf_ratios: list[float] = []
+    ratios: dict[str, list[float]] = {"TTFA": [], "HEARD": [], "RTF": []}
     for key, row in texts.items():
         o, t = row[OURS], row[THEIRS]
-        add(f"TTFA {key} median", o["ttfa"]["median"], t["ttfa"]["median"], "s")
-        add(f"TTFA {key} p95", o["ttfa"]["p95"], t["ttfa"]["p95"], "s")
+        for label, figure, unit in (("TTFA", "ttfa", "s"), ("HEARD", "heard", "s")):
+            if figure not in o or figure not in t:
+                continue  # results from before the figure existed
+            add(f"{label} {key} median", o[figure]["median"], t[figure]["median"], unit)
+            add(f"{label} {key} p95", o[figure]["p95"], t[figure]["p95"], unit)
         add(f"RTF  {key} median", o["rtf"]["median"], t["rtf"]["median"], "x")
         add(f"RTF  {key} p95", o["rtf"]["p95"], t["rtf"]["p95"], "x")
-        if (r := ratio(o["ttfa"]["median"], t["ttfa"]["median"])) is not None:
-            ttfa_ratios.append(r)
-        if (r := ratio(o["rtf"]["median"], t["rtf"]["median"])) is not None:
-            rtf_ratios.append(r)
-    if ttfa_ratios:
-        rows.append(
-            {
-                "metric": "TTFA ratio, geometric mean over texts x modes",
-                "ours": None,
-                "theirs": None,
-                "ratio": math.exp(sum(map(math.log, ttfa_ratios)) / len(ttfa_ratios)),
-                "unit": "",
-                "note": "",
-            }
-        )
-        rows.append(
-            {
-                "metric": "RTF ratio, geometric mean over texts x modes",
-                "ours": None,
-                "theirs": None,
-                "ratio": math.exp(sum(map(math.log, rtf_ratios)) / len(rtf_ratios)),
-                "unit": "",
-                "note": "",
-            }
-        )
+        for label, figure in (("TTFA", "ttfa"), ("HEARD", "heard"), ("RTF", "rtf")):
+            if figure in o and figure in t:
+                r = ratio(o[figure]["median"], t[figure]["median"])
+                if r is not None:
+                    ratios[label].append(r)
+    for label, values in ratios.items():
+        if values:
+            rows.append(
+                {
+                    "metric": f"{label} ratio, geometric mean over texts x modes",
+                    "ours": None,
+                    "theirs": None,
+                    "ratio": math.exp(sum(map(math.log, values)) / len(values)),
+                    "unit": "",
+                    "note": "",
+                }
+            )
     rot = res.get("rotation")
     if rot:
         add(
@@ -403,6 +400,13 @@ def build_table(res: dict[str, Any]) -> list[dict[str, Any]]:
             conc[THEIRS]["ttfa"]["p95"],
             "s",
         )
+        if "heard" in conc[OURS] and "heard" in conc[THEIRS]:
+            add(
+                "HEARD concurrent clients p95",
+                conc[OURS]["heard"]["p95"],
+                conc[THEIRS]["heard"]["p95"],
+                "s",
+            )
         add(
             "wall time for all concurrent requests",
             conc[OURS]["wall_seconds"],
