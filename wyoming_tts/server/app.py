@@ -15,6 +15,7 @@ import logging
 import signal
 import sys
 from collections.abc import Mapping
+from functools import partial
 
 from .. import __version__
 from ..config import Settings
@@ -89,6 +90,7 @@ class App:
             await self._prime()
             async with contextlib.AsyncExitStack() as stack:
                 await self.transport.start(self._accept)
+                stack.push_async_callback(self.transport.close)  # also when start-up fails
                 if self.settings.zeroconf:
                     self._announcer = await stack.enter_async_context(await self._discovery())
                 self.pool.start_maintenance()
@@ -134,11 +136,15 @@ class App:
     async def _discovery(self) -> Discovery:
         entries = await self.pool.entries(force=True)
         endpoint = self.settings.endpoint
-        return Discovery(
-            name=self.settings.zeroconf or PROGRAM_NAME,
-            port=self.bound_port or endpoint.port or 10200,
-            properties=_txt(entries),
-            host=endpoint.host,
+        # Picking the LAN addresses blocks (a route lookup, DNS for a host name): off the loop.
+        return await asyncio.to_thread(
+            partial(
+                Discovery,
+                name=self.settings.zeroconf or PROGRAM_NAME,
+                port=self.bound_port or endpoint.port or 10200,
+                properties=_txt(entries),
+                host=endpoint.host,
+            )
         )
 
     def _install_signals(self) -> None:

@@ -1,7 +1,7 @@
 """Bad input gets a clear error with a stable code, and nothing else breaks.
 
-Each case talks to the real server over TCP, checks the client's answer, and
-then checks that a fresh request on another connection is still served.
+Each case talks to the real app (in this process) over TCP, checks the client's
+answer, and then checks that a fresh request on another connection is still served.
 """
 
 from __future__ import annotations

@@ -1,0 +1,42 @@
+"""The voice catalog: what is installed, read from the data dirs; voice configs and speakers."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from wyoming_tts.errors import SpeakerNotFound
+from wyoming_tts.voices.catalog import VoiceCatalog, parse_voice_config
+
+from .conftest import TRIO_CONFIG, FakeClock, link_voice
+
+
+def test_catalog_config_cached_by_mtime(tmp_path: Path) -> None:
+    clock = FakeClock()
+    link_voice(tmp_path, "en_US-y-medium")
+    catalog = VoiceCatalog([tmp_path], ttl=60, clock=clock)
+    assert "en_US-y-medium" in catalog.refresh()
+    assert catalog.config_reads == 1
+    catalog.refresh(force=True)
+    assert catalog.config_reads == 1  # unchanged mtime: cached
+    config = tmp_path / "en_US-y-medium.onnx.json"
+    stat = config.stat()
+    os.utime(config, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
+    catalog.refresh(force=True)
+    assert catalog.config_reads == 2
+    link_voice(tmp_path, "en_US-z-medium")
+    assert "en_US-z-medium" not in catalog.refresh()  # TTL not passed
+    clock.now += 61
+    assert "en_US-z-medium" in catalog.refresh()
+
+
+def test_speakers_by_name_or_id() -> None:
+    info = parse_voice_config("en_GB-trio-medium", TRIO_CONFIG)
+    assert info.resolve_speaker("bob") == 1
+    assert info.resolve_speaker("2") == 2
+    assert info.resolve_speaker(None) is None
+    for bad in ("dave", "3", "-1"):
+        with pytest.raises(SpeakerNotFound):
+            info.resolve_speaker(bad)

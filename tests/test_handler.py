@@ -1,0 +1,256 @@
+"""What a Home Assistant user hears over Wyoming: describe, synthesize, streaming.
+
+The real app in this process (the shared `server`, or one with its own settings)
+on a loopback port, the real voice, a real Wyoming client.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from wyoming.event import Event
+from wyoming.info import Describe, Info
+from wyoming.tts import (
+    Synthesize,
+    SynthesizeChunk,
+    SynthesizeStart,
+    SynthesizeStop,
+    SynthesizeVoice,
+)
+
+from .conftest import VOICE, Server, assert_speech, connect, read_until, rms_dbfs, run_server
+
+SHORT = "Hello! The kitchen lights are now on."
+
+
+async def test_describe_lists_installed_voices_only(server: Server) -> None:
+    async with connect(server.uri) as client:
+        await client.write_event(Describe().event())
+        resp = await read_until(client, ("info",))
+    info = Info.from_event(resp.events[-1])
+    assert len(info.tts) == 1
+    program = info.tts[0]
+    assert program.name == "wyoming-tts"
+    assert program.installed and program.supports_synthesize_streaming
+    names = sorted(v.name for v in program.voices)
+    assert names == ["en_US-joe-medium", "en_US-second-medium"]
+    joe = next(v for v in program.voices if v.name == VOICE)
+    assert joe.languages == ["en_US"]
+    assert joe.installed
+
+
+async def test_synthesize_plain(server: Server) -> None:
+    async with connect(server.uri) as client:
+        await client.write_event(Synthesize(text=SHORT).event())
+        resp = await read_until(client)
+    assert resp.types[0] == "audio-start"
+    assert resp.types[-1] == "audio-stop"
+    assert resp.types.count("audio-start") == 1
+    assert_speech(resp, SHORT)
+    sizes = [len(c.audio) // 2 for c in resp.chunks]
+    assert all(s == 1024 for s in sizes[:-1]) and 0 < sizes[-1] <= 1024
+    stamps = [c.timestamp for c in resp.chunks]
+    assert stamps == sorted(stamps) and stamps[0] == 0
+
+
+async def test_synthesize_named_voice_and_connection_reuse(server: Server) -> None:
+    async with connect(server.uri) as client:
+        for voice in ("en_US-second-medium", VOICE):
+            await client.write_event(
+                Synthesize(text="Good morning.", voice=SynthesizeVoice(name=voice)).event()
+            )
+            resp = await read_until(client)
+            assert_speech(resp, "Good morning.")
+
+
+async def test_audio_levels_plausible(server: Server) -> None:
+    async with connect(server.uri) as client:
+        await client.write_event(Synthesize(text="Turning off the bedroom lamp.").event())
+        resp = await read_until(client)
+    assert np.max(np.abs(resp.audio)) < 32767
+
+
+async def test_streaming_like_home_assistant(server: Server) -> None:
+    text = "The front door is locked. The garage is open, and it is raining outside. Goodbye."
+    pieces = [
+        "The fr",
+        "ont door is lo",
+        "cked. The gar",
+        "age is open, and it is rain",
+        "ing outside. Good",
+        "bye.",
+    ]
+    async with connect(server.uri) as client:
+        await client.write_event(SynthesizeStart(voice=SynthesizeVoice(name=VOICE)).event())
+        for piece in pieces:
+            await client.write_event(SynthesizeChunk(text=piece).event())
+        await client.write_event(Synthesize(text=text, voice=SynthesizeVoice(name=VOICE)).event())
+        await client.write_event(SynthesizeStop().event())
+        resp = await read_until(client, ("synthesize-stopped",))
+        assert resp.types.count("audio-start") == 1
+        assert resp.types.count("audio-stop") == 1
+        assert resp.types[-2:] == ["audio-stop", "synthesize-stopped"]
+        assert_speech(resp, text)
+        # Same connection: a plain request after the stream.
+        await client.write_event(Synthesize(text=SHORT).event())
+        resp2 = await read_until(client)
+        assert_speech(resp2, SHORT)
+
+
+async def test_stream_with_empty_start(server: Server) -> None:
+    async with connect(server.uri) as client:
+        await client.write_event(SynthesizeStart().event())
+        await client.write_event(SynthesizeChunk(text="Testing one two three.").event())
+        await client.write_event(SynthesizeStop().event())
+        resp = await read_until(client, ("synthesize-stopped",))
+    assert_speech(resp, "Testing one two three.")
+
+
+async def test_first_sentence_arrives_before_stream_ends(server: Server) -> None:
+    """Audio for a complete sentence is sent while the client is still streaming text."""
+    async with connect(server.uri) as client:
+        await client.write_event(SynthesizeStart().event())
+        await client.write_event(
+            SynthesizeChunk(text="This sentence is complete. And this").event()
+        )
+        async with asyncio.timeout(30):
+            event = await client.read_event()
+        assert event is not None and event.type == "audio-start"
+        await client.write_event(SynthesizeChunk(text=" one ends later.").event())
+        await client.write_event(SynthesizeStop().event())
+        resp = await read_until(client, ("synthesize-stopped",))
+        assert "audio-stop" in resp.types
+
+
+async def test_describe_answered_during_long_synthesis(server: Server) -> None:
+    # ~30 s of audio: far more than the server buffers for a client that does not read.
+    long_text = " ".join(["The quick brown fox jumps over the lazy dog."] * 10)
+    async with connect(server.uri) as speaker, connect(server.uri) as other:
+        await speaker.write_event(Synthesize(text=long_text).event())
+        first = await speaker.read_event()
+        assert first is not None and first.type == "audio-start"
+        await other.write_event(Describe().event())
+        info = await read_until(other, ("info",), timeout=10)
+        assert info.types == ["info"]
+        # The speaker is still mid-response: its audio-stop has not been read yet.
+        await other.write_event(Synthesize(text="Hi there.").event())
+        resp = await read_until(other)
+        assert_speech(resp, "Hi there.")
+        rest = await read_until(speaker, timeout=120)
+        assert rest.types[-1] == "audio-stop"
+
+
+async def test_busy_beyond_the_queue(cache_dir: Path) -> None:
+    """One worker, no queue: a second request while the first speaks gets `busy` at once."""
+    async with run_server(
+        "--cache-dir", str(cache_dir), "--workers", "1", "--max-queue", "0"
+    ) as srv:
+        long_text = "This is a long sentence that keeps the only worker busy for a while. " * 5
+        async with connect(srv.uri) as first, connect(srv.uri) as second:
+            await first.write_event(Synthesize(text=long_text).event())
+            started = await first.read_event()
+            assert started is not None and started.type == "audio-start"
+            await second.write_event(Synthesize(text="Me too.").event())
+            resp = await read_until(second, ("error", "audio-stop"))
+            assert resp.error is not None and resp.error.code == "busy"
+            await read_until(first, timeout=120)
+
+
+async def test_exception_in_one_synthesis_fails_only_that_request(
+    server: Server, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A bug inside one synthesis: that client gets internal-error, everyone else is served."""
+    synthesizer = server.app.synthesizer
+    real_speak = synthesizer.speak
+
+    def flaky_speak(voice, params, sentences, stats):  # type: ignore[no-untyped-def]
+        async def checked():  # type: ignore[no-untyped-def]
+            async for sentence in sentences:
+                if "explode" in sentence:
+                    raise RuntimeError("simulated bug")
+                yield sentence
+
+        return real_speak(voice, params, checked(), stats)
+
+    monkeypatch.setattr(synthesizer, "speak", flaky_speak)
+    async with connect(server.uri) as bad, connect(server.uri) as good:
+        await bad.write_event(Synthesize(text="Please explode now.").event())
+        await good.write_event(Synthesize(text="I am fine.").event())
+        bad_resp = await read_until(bad, ("error", "audio-stop"))
+        good_resp = await read_until(good)
+        assert bad_resp.error is not None and bad_resp.error.code == "internal-error"
+        assert "simulated" not in bad_resp.error.text
+        assert rms_dbfs(good_resp.audio) > -35
+        await bad.write_event(Synthesize(text="And now I am fine too.").event())
+        assert (await read_until(bad)).types[-1] == "audio-stop"
+    assert (
+        sum(
+            "simulated bug" in r.getMessage() or (r.exc_info and "simulated" in str(r.exc_info[1]))
+            for r in caplog.records
+        )
+        == 1
+    )
+
+
+# ---------------------------------------------------------------------- any event order
+
+EVENTS = st.sampled_from(
+    [
+        ("synthesize", {"text": "Hi."}),
+        ("synthesize-start", {}),
+        ("synthesize-chunk", {"text": "Ok. "}),
+        ("synthesize-chunk", {"text": "y"}),
+        ("synthesize-stop", {}),
+        ("describe", {}),
+    ]
+)
+
+
+@settings(
+    max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(st.lists(EVENTS, min_size=1, max_size=8))
+async def test_any_event_order_has_a_defined_outcome(
+    server: Server, sequence: list[tuple[str, dict[str, Any]]]
+) -> None:
+    """Whatever the order: well-formed audio, the connection stays usable, nothing crashes."""
+    async with connect(server.uri) as client:
+        for event_type, data in sequence:
+            await client.write_event(Event(event_type, data))
+        if any(t == "synthesize-start" for t, _ in sequence):
+            await client.write_event(Event("synthesize-stop", {}))
+        await client.write_event(Event("describe", {}))
+        await client.write_event(Event("synthesize", {"text": "Final check."}))
+        events = []
+        async with asyncio.timeout(60):
+            # Read until the final request's audio-stop, which comes after the last info.
+            seen_last_info = False
+            while True:
+                event = await client.read_event()
+                assert event is not None
+                events.append(event)
+                if event.type == "info":
+                    seen_last_info = sum(1 for e in events if e.type == "info") == 1 + sum(
+                        1 for t, _ in sequence if t == "describe"
+                    )
+                if seen_last_info and event.type == "audio-stop":
+                    break
+    types = [e.type for e in events]
+    depth = 0
+    for t in types:
+        if t == "audio-start":
+            assert depth == 0
+            depth += 1
+        elif t == "audio-stop":
+            assert depth == 1
+            depth -= 1
+        elif t == "audio-chunk":
+            assert depth == 1
+    codes = {e.data.get("code") for e in events if e.type == "error"}
+    assert codes <= {"bad-sequence", "no-speech"}
