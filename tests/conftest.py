@@ -128,6 +128,8 @@ class Response:
     """What a listener gets back from one request."""
 
     events: list[Event] = field(default_factory=list)
+    eof: bool = False
+    """The server closed the connection to end the response."""
 
     @property
     def types(self) -> list[str]:
@@ -194,6 +196,20 @@ async def read_until(
             resp.events.append(event)
             if event.type in wanted:
                 break
+    return resp
+
+
+async def read_like_home_assistant(client: AsyncTcpClient, timeout: float = 30.0) -> Response:
+    """Read as Home Assistant's Wyoming TTS does: `error` events are ignored, and the reply
+    ends only at audio-stop, synthesize-stopped or the end of the connection. HA waits with
+    no timeout, so a reply that does not end here is a hang there: the timeout fails it."""
+    resp = Response()
+    async with asyncio.timeout(timeout):
+        while (event := await client.read_event()) is not None:
+            resp.events.append(event)
+            if event.type in ("audio-stop", "synthesize-stopped"):
+                return resp
+    resp.eof = True
     return resp
 
 
@@ -308,6 +324,27 @@ async def server(cache_dir: Path, server_data_dir: Path) -> AsyncIterator[Server
     """One shared in-process server for tests that do not change its state."""
     async with run_server("--data-dir", str(server_data_dir), "--cache-dir", str(cache_dir)) as srv:
         yield srv
+
+
+@pytest.fixture(scope="session")
+async def http_server(cache_dir: Path, server_data_dir: Path) -> AsyncIterator[Server]:
+    """One shared in-process server with its HTTP door open on a free loopback port."""
+    args = (
+        "--http",
+        "127.0.0.1:0",
+        "--data-dir",
+        str(server_data_dir),
+        "--cache-dir",
+        str(cache_dir),
+    )
+    async with run_server(*args) as srv:
+        yield srv
+
+
+def http_base(server: Server) -> str:
+    """The HTTP door's base URL of an in-process server started with `--http 127.0.0.1:0`."""
+    assert server.app.http_port is not None, "started without --http"
+    return f"http://127.0.0.1:{server.app.http_port}"
 
 
 async def still_serves(server: Server | ServerProcess) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from pathlib import Path
 
 import pytest
 from wyoming.event import Event, async_read_event
@@ -19,20 +20,31 @@ from wyoming.tts import (
     SynthesizeVoice,
 )
 
-from .conftest import VOICE, Server, connect, read_until, still_serves
+from .conftest import (
+    VOICE,
+    Server,
+    connect,
+    read_like_home_assistant,
+    read_until,
+    run_server,
+    still_serves,
+)
 
 
 async def request_error(server: Server, event: Event) -> tuple[str | None, str]:
+    """Send one event as raw JSON and read the reply as Home Assistant does."""
     async with connect(server.uri) as client:
         # Raw JSON (ASCII-escaped) so that even lone surrogates reach the server.
         data = json.dumps(event.data).encode()
         line = json.dumps({"type": event.type, "data_length": len(data)}).encode() + b"\n"
         assert client._writer is not None
         client._writer.write(line + data)
-        resp = await read_until(client, ("audio-stop", "error"))
+        resp = await read_like_home_assistant(client)
     err = resp.error
     assert err is not None, resp.types
     assert "audio-start" not in resp.types
+    # HA ignores the error: the refused one-shot request must end with the connection.
+    assert resp.eof and resp.types == ["error"], resp.types
     return err.code, err.text
 
 
@@ -45,8 +57,6 @@ async def request_error(server: Server, event: Event) -> tuple[str | None, str]:
         ({"text": "Hello.", "voice": {"name": "a\x00b"}}, "voice-not-found"),
         ({"text": "Hello.", "voice": {"name": "..\\x"}}, "voice-not-found"),
         ({"text": "Hello.", "voice": {"language": "xx_XX"}}, "voice-not-found"),
-        ({"text": "Hello.", "voice": {"name": VOICE, "speaker": "nobody"}}, "speaker-not-found"),
-        ({"text": "Hello.", "voice": {"name": VOICE, "speaker": "3"}}, "speaker-not-found"),
         ({"text": ""}, "empty-text"),
         ({"text": "   \n\t "}, "empty-text"),
         ({"text": "... ?! ..."}, "no-speech"),
@@ -69,20 +79,68 @@ async def test_request_errors(server: Server, data: dict[str, object], code: str
     await still_serves(server)
 
 
-async def test_error_keeps_connection_usable(server: Server) -> None:
+@pytest.mark.parametrize(
+    ("start", "chunks", "code"),
+    [
+        ({"voice": {"name": "no-such-voice"}}, ["Hello there."], "voice-not-found"),
+        ({"voice": {"language": "xx_XX"}}, ["Hello there."], "voice-not-found"),
+        ({"voice": "en_US-joe-medium"}, ["Hello there."], "bad-request"),
+        ({"voice": {"name": 5}}, ["Hello there."], "bad-request"),
+        ({}, [42], "bad-request"),
+        ({}, ["word " * 20_001], "text-too-long"),
+    ],
+)
+async def test_refused_streams_end_with_synthesize_stopped(
+    server: Server, start: dict[str, object], chunks: list[object], code: str
+) -> None:
+    """Every refusal on the streaming path still ends the way HA waits for."""
+    async with connect(server.uri) as client:
+        await client.write_event(Event(type="synthesize-start", data=start))
+        for chunk in chunks:
+            await client.write_event(Event(type="synthesize-chunk", data={"text": chunk}))
+        await client.write_event(Synthesize(text="Hello there.").event())  # HA's copy
+        await client.write_event(SynthesizeStop().event())
+        resp = await read_like_home_assistant(client, timeout=60)
+        assert resp.types[-1] == "synthesize-stopped", resp.types
+        assert resp.error is not None and resp.error.code == code
+        assert resp.types.count("audio-start") == resp.types.count("audio-stop")
+        # The stream was refused, the connection was not: the next request is served.
+        await client.write_event(Synthesize(text="Now it works.").event())
+        assert (await read_like_home_assistant(client)).types[-1] == "audio-stop"
+
+
+async def test_refused_one_shot_closes_but_stray_stream_events_do_not(server: Server) -> None:
     async with connect(server.uri) as client:
         await client.write_event(Synthesize(text="Hi.", voice=SynthesizeVoice(name="nope")).event())
-        resp = await read_until(client, ("error",))
+        resp = await read_like_home_assistant(client)
         assert resp.error is not None and resp.error.code == "voice-not-found"
+        assert resp.eof
+    async with connect(server.uri) as client:
         await client.write_event(SynthesizeChunk(text="orphan").event())
         resp = await read_until(client, ("error",))
         assert resp.error is not None and resp.error.code == "bad-sequence"
         await client.write_event(SynthesizeStop().event())
-        resp = await read_until(client, ("error",))
+        resp = await read_like_home_assistant(client)
         assert resp.error is not None and resp.error.code == "bad-sequence"
+        assert resp.types[-1] == "synthesize-stopped"
         await client.write_event(Synthesize(text="Now it works.").event())
         resp = await read_until(client)
         assert resp.types[-1] == "audio-stop"
+
+
+async def test_streaming_refused_when_turned_off_still_ends(cache_dir: Path) -> None:
+    async with (
+        run_server("--cache-dir", str(cache_dir), "--no-streaming") as srv,
+        connect(srv.uri) as client,
+    ):
+        await client.write_event(SynthesizeStart().event())
+        await client.write_event(SynthesizeChunk(text="Hello there.").event())
+        await client.write_event(SynthesizeStop().event())
+        resp = await read_like_home_assistant(client)
+        assert resp.types[-1] == "synthesize-stopped"
+        assert resp.error is not None and resp.error.code == "streaming-disabled"
+        await client.write_event(Synthesize(text="Plain still works.").event())
+        assert (await read_like_home_assistant(client)).types[-1] == "audio-stop"
 
 
 async def test_stream_restart_and_plain_after_stream(server: Server) -> None:

@@ -5,9 +5,6 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import pytest
-
-from wyoming_tts.errors import SpeakerNotFound
 from wyoming_tts.voices.catalog import VoiceCatalog, parse_voice_config
 
 from .conftest import TRIO_CONFIG, FakeClock, link_voice
@@ -34,9 +31,12 @@ def test_catalog_config_cached_by_mtime(tmp_path: Path) -> None:
 
 def test_speakers_by_name_or_id() -> None:
     info = parse_voice_config("en_GB-trio-medium", TRIO_CONFIG)
-    assert info.resolve_speaker("bob") == 1
-    assert info.resolve_speaker("2") == 2
-    assert info.resolve_speaker(None) is None
-    for bad in ("dave", "3", "-1"):
-        with pytest.raises(SpeakerNotFound):
-            info.resolve_speaker(bad)
+    assert info.speaker_id("bob") == 1
+    assert info.speaker_id("2") == 2
+    assert info.speaker_id(None) is None
+    assert info.has_speaker("alice") and info.has_speaker("0")
+    for missing in ("dave", "3", "-1", ""):
+        assert info.speaker_id(missing) is None  # the voice's default speaker
+        assert not info.has_speaker(missing)
+    single = parse_voice_config("en_US-one-medium", {**TRIO_CONFIG, "num_speakers": 1})
+    assert single.speaker_id("bob") is None and not single.has_speaker("bob")

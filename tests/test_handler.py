@@ -7,6 +7,8 @@ on a loopback port, the real voice, a real Wyoming client.
 from __future__ import annotations
 
 import asyncio
+import json
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +26,18 @@ from wyoming.tts import (
     SynthesizeVoice,
 )
 
-from .conftest import VOICE, Server, assert_speech, connect, read_until, rms_dbfs, run_server
+from wyoming_tts.config import bundled_voice_dir
+
+from .conftest import (
+    VOICE,
+    Server,
+    assert_speech,
+    connect,
+    read_like_home_assistant,
+    read_until,
+    rms_dbfs,
+    run_server,
+)
 
 SHORT = "Hello! The kitchen lights are now on."
 
@@ -187,8 +200,12 @@ async def test_exception_in_one_synthesis_fails_only_that_request(
         assert bad_resp.error is not None and bad_resp.error.code == "internal-error"
         assert "simulated" not in bad_resp.error.text
         assert rms_dbfs(good_resp.audio) > -35
-        await bad.write_event(Synthesize(text="And now I am fine too.").event())
-        assert (await read_until(bad)).types[-1] == "audio-stop"
+        # A refused one-shot request ends with its connection (HA ignores `error`); the
+        # same client's next connection is served.
+        assert (await read_like_home_assistant(bad)).eof
+    async with connect(server.uri) as again:
+        await again.write_event(Synthesize(text="And now I am fine too.").event())
+        assert (await read_until(again)).types[-1] == "audio-stop"
     assert (
         sum(
             "simulated bug" in r.getMessage() or (r.exc_info and "simulated" in str(r.exc_info[1]))
@@ -254,3 +271,40 @@ async def test_any_event_order_has_a_defined_outcome(
             assert depth == 1
     codes = {e.data.get("code") for e in events if e.type == "error"}
     assert codes <= {"bad-sequence", "no-speech"}
+
+
+def _multi_speaker_voice(data_dir: Path) -> str:
+    """The bundled model under a config that names three speakers (the model ignores sid)."""
+    name = "en_GB-trio-medium"
+    data_dir.mkdir(parents=True, exist_ok=True)
+    (data_dir / f"{name}.onnx").symlink_to(bundled_voice_dir() / f"{VOICE}.onnx")
+    config = json.loads((bundled_voice_dir() / f"{VOICE}.onnx.json").read_text())
+    config.update(num_speakers=3, speaker_id_map={"alice": 0, "bob": 1, "carol": 2})
+    (data_dir / f"{name}.onnx.json").write_text(json.dumps(config))
+    return name
+
+
+async def test_speakers_as_users_expect(
+    tmp_path: Path, cache_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A speaker the voice lacks is spoken with its default: never silence, never a hang.
+
+    Home Assistant keeps the speaker chosen for one voice when the user picks another.
+    """
+    caplog.set_level(logging.DEBUG, logger="wyoming_tts")
+    trio = await asyncio.to_thread(_multi_speaker_voice, tmp_path / "voices")
+    args = ("--cache-dir", str(cache_dir), "--data-dir", str(tmp_path / "voices"))
+    async with run_server(*args) as srv:
+        cases = [(VOICE, "7"), (trio, "dave"), (trio, "9"), (trio, "bob"), (trio, "dave")]
+        for name, speaker in cases:
+            async with connect(srv.uri) as client:
+                voice = SynthesizeVoice(name=name, speaker=speaker)
+                await client.write_event(Synthesize(text=SHORT, voice=voice).event())
+                resp = await read_until(client, ("audio-stop", "error"))
+            assert resp.error is None, (name, speaker, resp.error)
+            assert_speech(resp, SHORT)
+    warnings = [r for r in caplog.records if r.levelname == "WARNING" and "speaker" in r.message]
+    assert len(warnings) == 1, [r.message for r in warnings]  # once per voice
+    assert trio in warnings[0].message and "alice, bob, carol" in warnings[0].message
+    ignored = [r for r in caplog.records if "one speaker" in r.message]
+    assert ignored and all(r.levelname == "DEBUG" for r in ignored)

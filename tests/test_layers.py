@@ -23,6 +23,7 @@ LAYERS = {
     "wyoming_tts.discovery": 5,
     "wyoming_tts.docs": 5,
     "wyoming_tts.config": 5,
+    "wyoming_tts.metrics": 5,
     "wyoming_tts.synth": 4,
     "wyoming_tts.voices": 3,
     "wyoming_tts.model": 2,

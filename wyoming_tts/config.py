@@ -242,6 +242,25 @@ class Settings:
         "Longest text per request or stream; longer gets `text-too-long` before any audio.",
         group="synthesis",
     )
+    # --- http ---
+    http: str | None = _opt(
+        None,
+        "Also serve HTTP (health, metrics, /api/tts, OpenAI's /v1/audio/speech, a page) on "
+        "HOST:PORT from the same voices; unset: off. 0.0.0.0 opens it to the LAN.",
+        group="http",
+    )
+    http_token: str | None = _opt(
+        None,
+        "Bearer token the HTTP speech and warm-up endpoints require; unset: anyone who "
+        "reaches the port may speak.",
+        group="http",
+    )
+    http_cors_origins: tuple[str, ...] = _opt(
+        (),
+        "Web origins (comma list, `*` for any) whose pages may call the HTTP door; empty: "
+        "same origin only.",
+        group="http",
+    )
 
     # ------------------------------------------------------------------
 
@@ -249,6 +268,17 @@ class Settings:
     def endpoint(self) -> Endpoint:
         """`uri`, parsed once; raises ConfigError if it is not one we can listen on."""
         return Endpoint.parse(self.uri)
+
+    @functools.cached_property
+    def http_address(self) -> tuple[str, int] | None:
+        """`http` as (host, port), parsed once; None when the HTTP door is off."""
+        if self.http is None:
+            return None
+        host, sep, port = self.http.rpartition(":")
+        host = host.removeprefix("[").removesuffix("]")
+        if not sep or not host or not port.isdigit() or int(port) > 65535:
+            raise ConfigError(f"http: expected HOST:PORT, got {self.http!r}")
+        return host, int(port)
 
     @property
     def all_data_dirs(self) -> tuple[Path, ...]:
@@ -279,6 +309,7 @@ class Settings:
     def validate(self) -> None:
         """Raise ConfigError naming the first bad key."""
         endpoint = self.endpoint
+        _ = self.http_address
         positive = (
             "max_connections",
             "max_voices",

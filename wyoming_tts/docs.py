@@ -20,6 +20,7 @@ GROUP_TITLES = {
     "voices": "Voices and catalog",
     "pool": "Voice pool and workers",
     "synthesis": "Synthesis and limits",
+    "http": "HTTP door",
 }
 
 

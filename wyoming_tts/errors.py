@@ -76,12 +76,6 @@ class VoiceNotFound(TtsError):
     code = "voice-not-found"
 
 
-class SpeakerNotFound(TtsError):
-    """The voice has no such speaker name or id (never a silent fallback)."""
-
-    code = "speaker-not-found"
-
-
 class VoiceLoadFailed(TtsError):
     """The voice's files are missing, corrupt or fail their warm-up; other voices keep
     serving."""

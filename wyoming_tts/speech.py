@@ -12,7 +12,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Iterator
+import time
+from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 
 from .audio import CHANNELS, SAMPLE_WIDTH
@@ -30,6 +31,10 @@ _LOGGER = logging.getLogger(__name__)
 #: A whole text yields to other connections every this many sentences while it is split.
 _SENTENCES_PER_YIELD = 8
 
+#: Home Assistant's ffmpeg step emits nothing until it has this much audio or the reply
+#: ends, so what a satellite hears first is the time to this much audio ("heard").
+HEARD_AUDIO_SECONDS = 4.6
+
 #: Text as a front door has it: whole, or streamed in pieces split anywhere.
 TextSource = str | AsyncIterable[str]
 
@@ -41,6 +46,8 @@ class SpeechRequest:
     voice: str | None = None
     speaker: str | None = None
     language: str | None = None
+    length_scale: float | None = None
+    """Phoneme length for this request alone (speed = 1 / length_scale)."""
 
 
 @dataclass(frozen=True)
@@ -50,6 +57,21 @@ class AudioFormat:
     rate: int
     width: int = SAMPLE_WIDTH
     channels: int = CHANNELS
+
+
+@dataclass(frozen=True)
+class Finished:
+    """One request once it has ended, for whoever counts requests (metrics)."""
+
+    door: str
+    outcome: str
+    stats: SpeechStats
+    heard_seconds: float | None
+    """From the start of synthesis to `HEARD_AUDIO_SECONDS` of audio, or to its end."""
+
+
+#: Called once per request as it ends; it must not block or raise.
+RequestObserver = Callable[[Finished], None]
 
 
 class Speech:
@@ -63,6 +85,7 @@ class Speech:
         self._params = params
         self.stats = stats
         self.format = AudioFormat(rate=voice.sample_rate)
+        self.heard_seconds: float | None = None
 
     async def audio(self, text: TextSource) -> AsyncGenerator[bytes, None]:
         """16-bit PCM pieces as they are made; a whole text with nothing to say is `no-speech`.
@@ -73,25 +96,42 @@ class Speech:
         spoken = False
         sentences = self._service.sentences(text)
         pieces = self._service.synthesizer.speak(self._voice, self._params, sentences, self.stats)
+        started, heard_bytes, made = time.perf_counter(), self._heard_bytes(), 0
         async with contextlib.aclosing(pieces):
             async for pcm in pieces:
-                spoken = True
+                spoken, made = True, made + len(pcm)
+                if self.heard_seconds is None and made >= heard_bytes:
+                    self.heard_seconds = time.perf_counter() - started
                 yield pcm
+        if spoken and self.heard_seconds is None:
+            self.heard_seconds = time.perf_counter() - started  # a short reply: its end
         if not spoken and isinstance(text, str):
             raise NoSpeech("The text has nothing that can be spoken.")
+
+    def _heard_bytes(self) -> int:
+        fmt = self.format
+        return int(HEARD_AUDIO_SECONDS * fmt.rate) * fmt.width * fmt.channels
 
 
 class SpeechService:
     """One per server; every connection and front door shares it."""
 
     def __init__(
-        self, settings: Settings, pool: VoicePool, synthesizer: Synthesizer, scheduler: Scheduler
+        self,
+        settings: Settings,
+        pool: VoicePool,
+        synthesizer: Synthesizer,
+        scheduler: Scheduler,
+        observer: RequestObserver | None = None,
     ) -> None:
         self.settings = settings
         self.pool = pool
         self.synthesizer = synthesizer
         self._scheduler = scheduler
+        self._observer = observer
         self._max_in_flight = settings.effective_workers + settings.max_queue
+        #: Voices already warned about a missing speaker (at most the installed voices).
+        self._warned_speakers: set[str] = set()
 
     # ------------------------------------------------------------------ limits
 
@@ -113,30 +153,30 @@ class SpeechService:
     # ------------------------------------------------------------------ speaking
 
     @contextlib.asynccontextmanager
-    async def open(self, request: SpeechRequest, streamed: bool = False) -> AsyncIterator[Speech]:
+    async def open(
+        self, request: SpeechRequest, streamed: bool = False, door: str = "wyoming"
+    ) -> AsyncIterator[Speech]:
         """Admit the request and hold its voice until the block ends; log the request once.
 
         Failures come out as `TtsError`s (ours as `internal-error`, with the traceback in
         the log), so a front door maps each to its protocol without logging it again.
         """
         stats = SpeechStats()
-        name, outcome = "-", "ok"
+        name, outcome, speech = "-", "ok", None
         try:
             with self._admit():
                 name = await self._voice_name(request)
                 async with self.pool.acquire(name) as voice:
-                    speaker = request.speaker
-                    if speaker is None and name == self.settings.voice:
-                        speaker = self.settings.speaker
-                    speaker_id = voice.entry.info.resolve_speaker(speaker)
                     settings = self.settings
+                    length_scale = request.length_scale or settings.length_scale
                     params = voice.params(
-                        speaker_id,
+                        self._speaker_id(voice, request.speaker),
                         settings.noise_scale,
-                        settings.length_scale,
+                        length_scale,
                         settings.noise_w_scale,
                     )
-                    yield Speech(self, voice, params, stats)
+                    speech = Speech(self, voice, params, stats)
+                    yield speech
         except TtsError as err:
             outcome = err.code
             raise
@@ -152,7 +192,40 @@ class SpeechService:
             raise InternalError("Synthesis failed on the server.") from err
         finally:
             self.pool.trim()  # decoder buffers back to the OS, once the server is quiet
-            _log_request(name, outcome, stats, streamed)
+            _log_request(name, outcome, stats, streamed, door)
+            if self._observer is not None:
+                heard = speech.heard_seconds if speech is not None else None
+                self._observer(Finished(door, outcome, stats, heard))
+
+    def _speaker_id(self, voice: LoadedVoice, speaker: str | None) -> int | None:
+        """The speaker asked for, else the voice's default: a wrong speaker still speaks.
+
+        Home Assistant keeps a speaker chosen for one voice when the user switches to
+        another, so a speaker the voice lacks is spoken with its default speaker (as
+        wyoming-piper does), with one warning per voice naming the speakers it has.
+        """
+        info = voice.entry.info
+        if speaker is None and voice.name == self.settings.voice:
+            speaker = self.settings.speaker
+        if not speaker:
+            return None
+        if info.num_speakers <= 1:
+            _LOGGER.debug("Voice %s has one speaker; speaker %r ignored", voice.name, speaker)
+            return None
+        if info.has_speaker(speaker):
+            return info.speaker_id(speaker)
+        level = logging.DEBUG if voice.name in self._warned_speakers else logging.WARNING
+        self._warned_speakers.add(voice.name)
+        names = ", ".join(list(info.speaker_id_map)[:20]) or f"ids 0-{info.num_speakers - 1}"
+        _LOGGER.log(
+            level,
+            "Voice %s has no speaker %r; using its default. Its speakers: %s%s",
+            voice.name,
+            speaker,
+            names,
+            "" if len(info.speaker_id_map) <= 20 else ", ...",
+        )
+        return None
 
     @contextlib.contextmanager
     def _admit(self) -> Iterator[None]:
@@ -198,11 +271,11 @@ class SpeechService:
             yield add_punctuation(sentence, punctuation)
 
 
-def _log_request(voice: str, outcome: str, stats: SpeechStats, streamed: bool) -> None:
+def _log_request(voice: str, outcome: str, stats: SpeechStats, streamed: bool, door: str) -> None:
     first = stats.first_audio_seconds
     _LOGGER.info(
         "Request voice=%s outcome=%s chars=%d first_audio=%s total=%.3fs audio=%.2fs "
-        "rtf=%.3f underruns=%d%s",
+        "rtf=%.3f underruns=%d door=%s%s",
         voice,
         outcome,
         stats.characters,
@@ -211,5 +284,6 @@ def _log_request(voice: str, outcome: str, stats: SpeechStats, streamed: bool) -
         stats.audio_seconds,
         stats.real_time_factor,
         stats.underruns,
+        door,
         " (stream)" if streamed else "",
     )

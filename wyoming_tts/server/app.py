@@ -1,9 +1,10 @@
 """Lifecycle: catalog, pool, scheduler, speech service, listener, discovery; graceful stop.
 
-Phases, in order: prime the voices (a voice that cannot speak stops start-up
-here, before anyone can connect), listen, advertise, serve until a signal,
-then stop accepting, let requests finish within the grace period, cancel the
-rest, unregister from mDNS and exit 0.
+Phases, in order: open the HTTP door if asked (its probes answer at once, and
+`/ready` says 503 until serving), prime the voices (a voice that cannot speak
+stops start-up here, before anyone can connect over Wyoming), listen,
+advertise, serve until a signal, then stop accepting, let requests finish
+within the grace period, cancel the rest, unregister from mDNS and exit 0.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from ..config import Settings
 from ..discovery import Discovery, txt_properties
 from ..errors import Busy, TtsError
 from ..info import PROGRAM_NAME, voice_languages
+from ..metrics import Metrics
 from ..runtime.scheduler import Scheduler
 from ..speech import SpeechService
 from ..synth.engine import Synthesizer
@@ -29,6 +31,7 @@ from ..voices.catalog import VoiceCatalog, VoiceEntry
 from ..voices.loader import LoadOptions
 from ..voices.pool import PoolConfig, VoicePool
 from .handler import Connection
+from .http import HttpDoor
 from .transport import transport_for
 
 _LOGGER = logging.getLogger(__name__)
@@ -74,7 +77,15 @@ class App:
             self.scheduler,
         )
         self.synthesizer = Synthesizer(self.scheduler, settings.sentence_silence)
-        self.speech = SpeechService(settings, self.pool, self.synthesizer, self.scheduler)
+        self.metrics = Metrics(self.pool)
+        self.speech = SpeechService(
+            settings, self.pool, self.synthesizer, self.scheduler, observer=self.metrics.observe
+        )
+        self.http = (
+            HttpDoor(settings, self.speech, self.metrics, ready=self.is_ready)
+            if settings.http_address is not None
+            else None
+        )
         self.transport = transport_for(settings.endpoint)
         self.serving = asyncio.Event()
         """Set once the server accepts connections (tests and probes wait on it)."""
@@ -87,8 +98,11 @@ class App:
     async def run(self) -> None:
         """Serve until stopped; raises StartupError if the server cannot start."""
         try:
-            await self._prime()
             async with contextlib.AsyncExitStack() as stack:
+                if self.http is not None:
+                    stack.push_async_callback(self.http.close)
+                    await self.http.start()
+                await self._prime()
                 await self.transport.start(self._accept)
                 stack.push_async_callback(self.transport.close)  # also when start-up fails
                 if self.settings.zeroconf:
@@ -115,6 +129,15 @@ class App:
     @property
     def bound_port(self) -> int | None:
         return self.transport.port
+
+    @property
+    def http_port(self) -> int | None:
+        """The HTTP door's bound port (None when it is off)."""
+        return self.http.port if self.http is not None else None
+
+    def is_ready(self) -> bool:
+        """Voices primed and serving: what `/ready` reports."""
+        return self.phase is Phase.SERVING
 
     async def _prime(self) -> None:
         try:
@@ -158,6 +181,8 @@ class App:
     async def _shutdown(self) -> None:
         self.phase = Phase.STOPPING
         await self.transport.close()
+        # The HTTP door's requests get the same grace, at the same time.
+        http_closed = asyncio.create_task(self.http.close()) if self.http is not None else None
         for conn in self._connections.values():
             await conn.shutdown()
         tasks = list(self._connections)
@@ -170,6 +195,8 @@ class App:
                     "Cancelled %d request(s) still running after the grace period", len(pending)
                 )
                 await asyncio.wait(pending, timeout=2.0)
+        if http_closed is not None:
+            await http_closed
 
     # ------------------------------------------------------------------ connections
 

@@ -6,7 +6,9 @@ a task of its own while the connection keeps reading, so a `describe` is
 answered mid-speech, and a new request or a vanished client cancels the work in
 flight. `_respond` is that task's one boundary: whatever happens, the response
 ends the way the client waits for (`audio-stop` once audio started, then the
-`error` if any, then `synthesize-stopped` for a stream).
+`error` if any, then `synthesize-stopped` for a stream, or the end of the
+connection for a refused one-shot `synthesize`: Home Assistant ignores `error`
+events and waits, with no timeout, for one of those).
 
 Stream state machine (every order of events has an outcome):
 
@@ -14,20 +16,24 @@ Stream state machine (every order of events has an outcome):
 state       event                  outcome
 ==========  =====================  ==============================================
 any         describe               `info` (written between audio chunks if needed)
-idle        synthesize             speak it -> audio-start, chunks, audio-stop
-idle        synthesize-start       -> streaming (empty data: default voice)
-idle        synthesize-chunk/stop  `error` bad-sequence; connection stays usable
+idle        synthesize             speak it -> audio-start, chunks, audio-stop;
+                                   refused: `error`, connection closed
+idle        synthesize-start       -> streaming (empty data: default voice);
+                                   bad fields: `error`, -> discarding
+idle        synthesize-chunk       `error` bad-sequence; connection stays usable
+idle        synthesize-stop        `error` bad-sequence, synthesize-stopped
 speaking    synthesize             cancel current (close its audio), speak new
 speaking    synthesize-start       cancel current (close its audio), -> streaming
-speaking    synthesize-chunk/stop  `error` bad-sequence
+speaking    synthesize-chunk/stop  as in idle
 streaming   synthesize-chunk       text added; complete sentences spoken at once
 streaming   synthesize             ignored (Home Assistant's compatibility copy)
 streaming   synthesize-start       current stream cancelled (audio closed), new one
 streaming   synthesize-stop        -> finishing
+streaming   (task refused)         `error`, synthesize-stopped; later chunks unused
 streaming   end of input           stream abandoned (audio closed)
 finishing   (task ends)            rest spoken, audio-stop, synthesize-stopped -> idle
 finishing   synthesize/-start      waits for the stream to finish, then as in idle
-finishing   synthesize-chunk/stop  `error` bad-sequence
+finishing   synthesize-chunk/stop  as in idle
 discarding  synthesize-chunk       ignored (stream was refused, e.g. too long)
 discarding  synthesize-stop        synthesize-stopped -> idle
 discarding  synthesize/-start      as in idle
@@ -123,7 +129,8 @@ class Connection:
         try:
             while not self._closing:
                 # A stream waiting for text is idle too: only audio in flight stops the clock.
-                speaking = self._state in (State.SPEAKING, State.FINISHING) and self._busy()
+                running = self._task is not None and not self._task.done()
+                speaking = running and self._state in (State.SPEAKING, State.FINISHING)
                 idle = None if speaking else self._settings.connection_idle_timeout
                 try:
                     event = await self._events.read(idle_timeout=idle)
@@ -140,8 +147,10 @@ class Connection:
                     await self._dispatch(event)
                 except TtsError as err:
                     await self._report(err)
-                    if not err.keeps_connection:
-                        break
+                    if SynthesizeStop.is_type(event.type):
+                        await self._send(SynthesizeStopped().event())  # what a stream waits for
+                    if not err.keeps_connection or Synthesize.is_type(event.type):
+                        break  # a refused one-shot request ends with its connection (EOF)
         except (ConnectionError, TimeoutError):
             _LOGGER.debug("Connection from %s lost", self._peer)
         except Exception:
@@ -205,8 +214,12 @@ class Connection:
             self._state = State.SPEAKING
             self._start(self._respond(request, text))
         elif SynthesizeStart.is_type(kind):
-            request = _voice_field(event.data)
             await self._cancel_task()
+            try:
+                request = _voice_field(event.data)
+            except BadRequest:
+                self._state = State.DISCARDING  # chunks ignored; its stop gets its stopped
+                raise
             queue: asyncio.Queue[str | None] = asyncio.Queue()
             self._stream_text, self._stream_chars = queue, 0
             self._state = State.STREAMING
@@ -248,7 +261,8 @@ class Connection:
             raise BadSequence("'synthesize-stop' without 'synthesize-start'.")
         self._stream_text.put_nowait(None)
         self._stream_text = None
-        self._state = State.FINISHING
+        done = self._task is None or self._task.done()  # refused early: already answered
+        self._state = State.IDLE if done else State.FINISHING
 
     def _start(self, coro: Coroutine[Any, Any, None]) -> None:
         self._task = asyncio.create_task(coro, name=f"speak-{self._peer}")
@@ -303,6 +317,10 @@ class Connection:
                 await self._send(err.to_event())
                 if streamed:
                     await self._send(SynthesizeStopped().event())
+            if not streamed:
+                # Home Assistant ignores `error` and waits for audio-stop or the end of the
+                # connection; it opens a new one for every request.
+                self._closing = True
         finally:
             if self._state in (State.SPEAKING, State.FINISHING):
                 self._state = State.IDLE

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..errors import SpeakerNotFound, VoiceNotFound
+from ..errors import VoiceNotFound
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -40,21 +40,19 @@ class VoiceInfo:
     hop_length: int
     raw: dict[str, Any] = field(repr=False, compare=False)
 
-    def resolve_speaker(self, speaker: str | None) -> int | None:
-        """Speaker by name or numeric id; None means the voice's default."""
-        if self.num_speakers <= 1:
-            if speaker in (None, "", "0"):
-                return None
-            raise SpeakerNotFound(f"Voice '{self.name}' has a single speaker; got '{speaker}'.")
-        if speaker is None or speaker == "":
+    def speaker_id(self, speaker: str | None) -> int | None:
+        """The id of a speaker named or numbered; None for the voice's default speaker,
+        which is also what a voice without that speaker (or with one only) gives."""
+        if self.num_speakers <= 1 or not speaker:
             return None
         if speaker in self.speaker_id_map:
             return self.speaker_id_map[speaker]
-        if speaker.isdigit():
-            speaker_id = int(speaker)
-            if 0 <= speaker_id < self.num_speakers:
-                return speaker_id
-        raise SpeakerNotFound(f"Voice '{self.name}' has no speaker '{speaker}'.")
+        if speaker.isdigit() and int(speaker) < self.num_speakers:
+            return int(speaker)
+        return None
+
+    def has_speaker(self, speaker: str) -> bool:
+        return self.num_speakers > 1 and self.speaker_id(speaker) is not None
 
 
 @dataclass(frozen=True)
