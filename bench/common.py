@@ -321,13 +321,17 @@ async def speak(
             elif AudioStart.is_type(event.type):
                 pass
             elif AudioStop.is_type(event.type):
-                if result.heard is None:
-                    result.heard = now - t0  # the end of the audio reaches ffmpeg
+                # A stream's reply ends at synthesize-stopped: wyoming-piper sends an
+                # audio-stop after every sentence of it.
                 if not streaming:
+                    if result.heard is None:
+                        result.heard = now - t0  # the end of the audio reaches ffmpeg
                     result.total = now - t0
                     result.ok = result.chunks > 0
                     return
             elif SynthesizeStopped.is_type(event.type):
+                if result.heard is None:
+                    result.heard = now - t0
                 result.total = now - t0
                 result.ok = result.chunks > 0
                 return
