@@ -242,6 +242,17 @@ class Settings:
         "Longest text per request or stream; longer gets `text-too-long` before any audio.",
         group="synthesis",
     )
+    text_cleanup: bool = _opt(
+        True,
+        "Read LLM replies as words: markdown, emoji, URLs (their host) and stray symbols are "
+        "not spoken. Off speaks the text as it is.",
+        group="synthesis",
+    )
+    name_emoji: bool = _opt(
+        False,
+        'With `text_cleanup`, say an emoji\'s name ("light bulb") instead of skipping it.',
+        group="synthesis",
+    )
     # --- http ---
     http: str | None = _opt(
         None,

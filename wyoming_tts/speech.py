@@ -20,6 +20,7 @@ from .audio import CHANNELS, SAMPLE_WIDTH
 from .config import Settings
 from .errors import Busy, EmptyText, InternalError, NoSpeech, TextTooLong, TtsError, VoiceNotFound
 from .runtime.scheduler import Scheduler
+from .synth.cleanup import Cleaner, clean_text
 from .synth.engine import SpeechStats, Synthesizer
 from .synth.text import SentenceSplitter, add_punctuation, iter_sentences, normalize
 from .voices.catalog import VoiceEntry
@@ -30,6 +31,9 @@ _LOGGER = logging.getLogger(__name__)
 
 #: A whole text yields to other connections every this many sentences while it is split.
 _SENTENCES_PER_YIELD = 8
+#: Streamed chunks up to this long are cleaned on the loop (~0.1 ms a sentence); longer
+#: ones on an inference thread.
+_CLEAN_ON_LOOP_CHARS = 2000
 
 #: Home Assistant's ffmpeg step emits nothing until it has this much audio or the reply
 #: ends, so what a satellite hears first is the time to this much audio ("heard").
@@ -255,20 +259,40 @@ class SpeechService:
         """Bounded, punctuated sentences; a whole text and the same text streamed cut alike."""
         punctuation = self.settings.auto_punctuation
         if isinstance(text, str):
-            # Normalising 100,000 characters takes ~15 ms: off the loop. Splitting is lazy
-            # and linear, a few sentences at a time between other connections' events.
-            normalized = await self._scheduler.run(normalize, text, urgent=True)
+            # Cleaning and normalising 100,000 characters takes tens of ms: off the loop.
+            # Splitting is lazy and linear, a few sentences at a time between other
+            # connections' events.
+            normalized = await self._scheduler.run(self._prepare, text, urgent=True)
             for i, sentence in enumerate(iter_sentences(normalized)):
                 yield add_punctuation(sentence, punctuation)
                 if i % _SENTENCES_PER_YIELD == _SENTENCES_PER_YIELD - 1:
                     await asyncio.sleep(0)
             return
+        cleaner = Cleaner(self.settings.name_emoji) if self.settings.text_cleanup else None
         splitter = SentenceSplitter()
         async for chunk in text:
+            if cleaner is not None:
+                chunk = await self._clean_chunk(cleaner, chunk)
             for sentence in splitter.add(chunk):
                 yield add_punctuation(sentence, punctuation)
-        for sentence in splitter.finish():
+        rest = "".join(cleaner.finish()) if cleaner is not None else ""
+        for sentence in [*splitter.add(rest), *splitter.finish()]:
             yield add_punctuation(sentence, punctuation)
+
+    def _prepare(self, text: str) -> str:
+        if self.settings.text_cleanup:
+            text = clean_text(text, self.settings.name_emoji)
+        return normalize(text)
+
+    async def _clean_chunk(self, cleaner: Cleaner, chunk: str) -> str:
+        """A streamed chunk's cleaned text; a big one is parsed off the loop."""
+        if len(chunk) <= _CLEAN_ON_LOOP_CHARS:
+            return "".join(cleaner.add(chunk))
+        return await self._scheduler.run(_cleaned, cleaner, chunk, urgent=True)
+
+
+def _cleaned(cleaner: Cleaner, chunk: str) -> str:
+    return "".join(cleaner.add(chunk))
 
 
 def _log_request(voice: str, outcome: str, stats: SpeechStats, streamed: bool, door: str) -> None:

@@ -159,7 +159,7 @@ def _host(match: re.Match[str]) -> str:
     return host.removeprefix("www.") + tail
 
 
-def _emoji_name(chars: str, data: dict[str, object]) -> str:
+def _emoji_name(chars: str, data: dict[str, str]) -> str:
     name = str(data.get("en", "")).strip(":").replace("_", " ")
     return f" {name} " if name else " "
 
