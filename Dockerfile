@@ -1,4 +1,6 @@
 # wyoming-tts: slim image, non-root, bundled voice inside, extra voices in /data.
+# Wyoming on 10200; the HTTP door (probes, metrics, /api/tts, OpenAI's speech API, a page)
+# on 10201. Set WYOMING_TTS_HTTP_TOKEN to require a bearer token for speech.
 FROM python:3.11-slim-bookworm
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
@@ -17,14 +19,20 @@ RUN pip install . \
 
 USER wyoming
 VOLUME ["/data"]
-EXPOSE 10200
+EXPOSE 10200 10201
 
 # Voices dropped into /data are served next to the bundled en_US-joe-medium;
 # split voice graphs are cached in /data/cache so restarts skip the split.
 ENV WYOMING_TTS_DATA_DIRS=/data \
-    WYOMING_TTS_CACHE_DIR=/data/cache
+    WYOMING_TTS_CACHE_DIR=/data/cache \
+    WYOMING_TTS_HTTP=0.0.0.0:10201
 
+# A Describe round trip over Wyoming, then the HTTP door's liveness and readiness
+# (skipped if WYOMING_TTS_HTTP is emptied to turn the door off).
 HEALTHCHECK --interval=30s --timeout=10s --start-period=60s --retries=3 \
-    CMD ["python", "-m", "wyoming_tts.health_check", "--uri", "tcp://127.0.0.1:10200"]
+    CMD python -m wyoming_tts.health_check --uri tcp://127.0.0.1:10200 \
+        && { [ -z "$WYOMING_TTS_HTTP" ] || python -c "import os, urllib.request as u; \
+port = os.environ['WYOMING_TTS_HTTP'].rpartition(':')[2]; \
+[u.urlopen(f'http://127.0.0.1:{port}{p}', timeout=5) for p in ('/health', '/ready')]"; }
 
 ENTRYPOINT ["python", "-m", "wyoming_tts", "--uri", "tcp://0.0.0.0:10200"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import re
 
 import pytest
 from hypothesis import given, settings
@@ -13,6 +14,12 @@ from wyoming_tts.synth.cleanup import Cleaner, clean_text
 
 def spoken(text: str) -> str:
     return " ".join(clean_text(text).split())
+
+
+def said(text: str) -> str:
+    """What the phonemizer gets: runs of spaces, and spaces before punctuation, do not
+    count (a stream cut between words cannot take back the space before a dropped emoji)."""
+    return re.sub(r" (?=[.,;:!?])", "", " ".join(text.split()))
 
 
 @pytest.mark.parametrize(
@@ -84,20 +91,23 @@ MARKDOWN_TEXT = st.lists(
 ).map("".join)
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=1000, deadline=None)
 @given(text=MARKDOWN_TEXT, cuts=st.lists(st.integers(0, 200), max_size=8))
 def test_streamed_in_any_split_cleans_like_whole(text: str, cuts: list[int]) -> None:
     """Home Assistant streams LLM text split anywhere, even inside `**` or a URL."""
     points = sorted({c for c in cuts if c < len(text)})
     pieces = [text[a:b] for a, b in zip([0, *points], [*points, len(text)], strict=True)]
-    cleaner = Cleaner()
+    cleaner = Cleaner(eager=True)  # as streams are cleaned: cut between words too
     streamed = "".join(out for piece in pieces for out in cleaner.add(piece))
     streamed += "".join(cleaner.finish())
-    assert streamed == clean_text(text)
+    assert said(streamed) == said(clean_text(text))
 
 
-def test_a_stream_is_held_back_by_at_most_a_sentence() -> None:
-    cleaner = Cleaner()
-    assert list(cleaner.add("It is **sunny")) == []
-    assert list(cleaner.add("** today. And")) == ["It is sunny today. "]
-    assert list(cleaner.add(" warm.\n")) == ["And warm.\n"]
+def test_a_stream_is_held_back_by_at_most_a_word() -> None:
+    """Open markup holds text back until it closes; plain words go on at once."""
+    cleaner = Cleaner(eager=True)
+    assert list(cleaner.add("It is **sunny")) == ["It ", "is "]
+    assert list(cleaner.add("** today. And")) == ["sunny ", "today. "]
+    assert list(cleaner.add(" warm.\n")) == ["And ", "warm.\n"]
+    assert list(cleaner.add("## A heading")) == []  # a heading's words stay together
+    assert list(cleaner.add(" here\n")) == ["A heading here.\n"]

@@ -23,6 +23,7 @@ from .conftest import (
     connect,
     link_voice,
     open_raw,
+    read_like_home_assistant,
     read_until,
     rms_dbfs,
     run_server,
@@ -111,25 +112,32 @@ async def test_log_is_not_flooded(tight: Server, caplog: pytest.LogCaptureFixtur
 
 
 async def test_voice_files_deleted_or_corrupted(tight: Server, data_dir: Path) -> None:
+    """Each refused request ends with its connection (as Home Assistant needs); the next
+    connection is served."""
     spare = SynthesizeVoice(name="en_US-broken-medium")
     link_voice(data_dir, "en_US-broken-medium")
     async with connect(tight.uri) as client:
         await client.write_event(Synthesize(text="Works first.", voice=spare).event())
         assert (await read_until(client)).types[-1] == "audio-stop"
-        model = data_dir / "en_US-broken-medium.onnx"
-        model.unlink()
-        model.write_bytes(b"garbage" * 1000)
+    model = data_dir / "en_US-broken-medium.onnx"
+    model.unlink()
+    model.write_bytes(b"garbage" * 1000)
+    async with connect(tight.uri) as client:
         await client.write_event(Synthesize(text="Now broken.", voice=spare).event())
-        resp = await read_until(client, ("error", "audio-stop"))
+        resp = await read_like_home_assistant(client)
         assert resp.error is not None and resp.error.code == "voice-load-failed"
-        model.unlink()
-        (data_dir / "en_US-broken-medium.onnx.json").unlink()
+        assert resp.eof
+    model.unlink()
+    (data_dir / "en_US-broken-medium.onnx.json").unlink()
+    async with connect(tight.uri) as client:
         await client.write_event(Synthesize(text="Gone now.", voice=spare).event())
-        resp = await read_until(client, ("error", "audio-stop"))
+        resp = await read_like_home_assistant(client)
         assert resp.error is not None and resp.error.code in (
             "voice-load-failed",
             "voice-not-found",
         )
+        assert resp.eof
+    async with connect(tight.uri) as client:
         await client.write_event(
             Synthesize(
                 text="Others fine.", voice=SynthesizeVoice(name="en_US-spare-medium")

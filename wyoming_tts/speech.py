@@ -268,7 +268,9 @@ class SpeechService:
                 if i % _SENTENCES_PER_YIELD == _SENTENCES_PER_YIELD - 1:
                     await asyncio.sleep(0)
             return
-        cleaner = Cleaner(self.settings.name_emoji) if self.settings.text_cleanup else None
+        cleaner = (
+            Cleaner(self.settings.name_emoji, eager=True) if self.settings.text_cleanup else None
+        )
         splitter = SentenceSplitter()
         async for chunk in text:
             if cleaner is not None:

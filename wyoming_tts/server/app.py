@@ -101,7 +101,7 @@ class App:
             async with contextlib.AsyncExitStack() as stack:
                 if self.http is not None:
                     stack.push_async_callback(self.http.close)
-                    await self.http.start()
+                    await self._open_http(self.http)
                 await self._prime()
                 await self.transport.start(self._accept)
                 stack.push_async_callback(self.transport.close)  # also when start-up fails
@@ -138,6 +138,12 @@ class App:
     def is_ready(self) -> bool:
         """Voices primed and serving: what `/ready` reports."""
         return self.phase is Phase.SERVING
+
+    async def _open_http(self, door: HttpDoor) -> None:
+        try:
+            await door.start()
+        except OSError as err:
+            raise StartupError(f"http: cannot listen on {self.settings.http}: {err}") from None
 
     async def _prime(self) -> None:
         try:

@@ -28,6 +28,7 @@ import json
 import logging
 import math
 import re
+import socket
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
@@ -62,6 +63,10 @@ OPENAI_MODELS = ("tts-1", "tts-1-hd")
 LENGTH_SCALE_RANGE = (0.05, 10.0)
 #: The one file served.
 PAGE = "page.html"
+#: The kernel's send buffer for a reply: it grows to megabytes on its own, unread audio.
+SEND_BUFFER_BYTES = 65536
+#: Seconds requests cancelled after the shutdown grace get to end.
+CANCEL_TIMEOUT = 2.0
 #: Status recorded for a reply whose client left or stopped reading (nginx's convention).
 CLIENT_GONE_STATUS = 499
 
@@ -120,7 +125,10 @@ class HttpDoor:
         self._ready = ready
         self._body_limit = BODY_BYTES_PER_CHAR * settings.max_text_chars + BODY_SLACK_BYTES
         self._read_timeout = min(READ_TIMEOUT, settings.connection_idle_timeout)
-        self._in_flight = 0
+        #: Handler tasks speaking or warming a voice (at most `max_connections`).
+        self._speaking: set[asyncio.Task[Any]] = set()
+        self._quiet = asyncio.Event()
+        self._quiet.set()
         self._page = b""
         self._page_policy = ""
         self._runner: web.AppRunner | None = None
@@ -151,7 +159,7 @@ class HttpDoor:
             access_log=None,  # the speech service logs each request once
             handler_cancellation=True,  # a client that leaves stops its synthesis
             keepalive_timeout=self._read_timeout,  # also bounds a request head in the making
-            shutdown_timeout=self._settings.shutdown_grace,
+            shutdown_timeout=CANCEL_TIMEOUT,  # `close` has given the grace already
         )
         await runner.setup()
         self._runner = runner
@@ -161,10 +169,20 @@ class HttpDoor:
         _LOGGER.info("HTTP door on http://%s:%d", _url_host(host), self.port)
 
     async def close(self) -> None:
-        """Stop listening, give requests the shutdown grace, then cancel them."""
+        """Stop listening, give speaking requests the shutdown grace, then cancel them."""
         runner, self._runner = self._runner, None
-        if runner is not None:
-            await runner.cleanup()
+        if runner is None:
+            return
+        for site in runner.sites:
+            await site.stop()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(self._settings.shutdown_grace):
+                await self._quiet.wait()
+        if self._speaking:
+            _LOGGER.info("Cancelled %d HTTP request(s) after the grace period", len(self._speaking))
+            for task in self._speaking:
+                task.cancel()
+        await runner.cleanup()
 
     # ------------------------------------------------------------------ probes and lists
 
@@ -313,9 +331,13 @@ class HttpDoor:
             }
         )
         response.enable_chunked_encoding()
-        if request.transport is not None:  # a slow reader slows synthesis, not memory
+        transport = request.transport
+        if transport is not None:  # a slow reader slows synthesis, not memory
             high = int(MAX_AHEAD_SECONDS * fmt.rate * fmt.width * fmt.channels)
-            request.transport.set_write_buffer_limits(high=high)
+            transport.set_write_buffer_limits(high=high)
+            sock = transport.get_extra_info("socket")
+            with contextlib.suppress(OSError, AttributeError):
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, min(high, SEND_BUFFER_BYTES))
         await response.prepare(request)
         return response
 
@@ -336,13 +358,18 @@ class HttpDoor:
         if not self._ready():
             raise Busy("The server is not ready: its voices are being primed, or it is stopping.")
         limit = self._settings.max_connections
-        if self._in_flight >= limit:
+        if len(self._speaking) >= limit:
             raise Busy(f"Too many HTTP requests at once (limit {limit}); try again shortly.")
-        self._in_flight += 1
+        task = asyncio.current_task()
+        assert task is not None
+        self._speaking.add(task)
+        self._quiet.clear()
         try:
             yield
         finally:
-            self._in_flight -= 1
+            self._speaking.discard(task)
+            if not self._speaking:
+                self._quiet.set()
 
     async def _body(self, request: web.Request) -> dict[str, Any]:
         """The JSON object of a request body, read within the size and time limits."""
@@ -393,6 +420,7 @@ class HttpDoor:
 
     async def _add_headers(self, request: web.Request, response: web.StreamResponse) -> None:
         """Right before any response's headers leave (a stream's too): CORS and hardening."""
+        response.headers["Server"] = "wyoming-tts"  # not aiohttp's name and version
         response.headers.setdefault("X-Content-Type-Options", "nosniff")
         response.headers.setdefault("Referrer-Policy", "no-referrer")
         origin = self._cors_origin(request)

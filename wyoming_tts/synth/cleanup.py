@@ -23,6 +23,7 @@ _FENCE = re.compile(r"^ {0,3}(```|~~~)")
 _URL = re.compile(r"(?:\bhttps?://|\bwww\.)[^\s<>()\[\]\"']+", re.IGNORECASE)
 _PHONEMES = re.compile(r"\[\[.*?\]\]", re.DOTALL)
 _SPACES = re.compile(r"[ \t]+")
+_NUMBERED = re.compile(r"\d+[.)]")
 _SPACE_BEFORE_MARK = re.compile(r"[ \t]+(?=[.,;:!?])")
 #: Markup characters that mean nothing spoken once markdown has been read.
 _STRAY = frozenset("*_#~`|<>{}^\\[]")
@@ -37,12 +38,16 @@ _TRAILING = ".,;:!?)"
 class Cleaner:
     """Cleans text fed in any pieces; yields cleaned text as soon as a cut point is sure."""
 
-    def __init__(self, name_emoji: bool = False) -> None:
+    def __init__(self, name_emoji: bool = False, eager: bool = False) -> None:
+        """``eager`` (for streams) also cuts between words, so the start of the next
+        sentence is never held back: the sentence splitter needs it to see a boundary."""
         self._name_emoji = name_emoji
+        self._eager = eager
         self._markdown = MarkdownIt("commonmark").disable(["code", "html_block"])
         self._pending = ""
         self._scanned = 0
         self._at_line_start = True
+        self._line_plain = True
         self._in_fence = False
 
     def add(self, chunk: str) -> Iterator[str]:
@@ -65,19 +70,18 @@ class Cleaner:
             ch = text[i]
             if ch == "\n":
                 return i + 1
-            if (
-                not self._in_fence
-                and ch.isspace()
-                and i > 0
-                and text[i - 1] in _SENTENCE_END
-                and _sentence(text[:i])
-            ):
-                return i + 1
+            if not self._in_fence and ch.isspace() and i > 0 and not text[i - 1].isspace():
+                ends_sentence = text[i - 1] in _SENTENCE_END
+                plain = _plain_line(text) if self._at_line_start else self._line_plain
+                if (ends_sentence or (self._eager and plain)) and _sentence(text[:i]):
+                    return i + 1
         self._scanned = max(0, len(text) - 1)  # the last character may still be a cut's
         return None
 
     def _clean(self, piece: str) -> str:
         at_line_start, self._at_line_start = self._at_line_start, piece.endswith("\n")
+        if at_line_start:
+            self._line_plain = _plain_line(piece)
         ending = "\n" if piece.endswith("\n") else (" " if piece[-1:].isspace() else "")
         if at_line_start and _FENCE.match(piece):
             self._in_fence = not self._in_fence
@@ -94,6 +98,8 @@ class Cleaner:
         words = _SPACE_BEFORE_MARK.sub("", _SPACES.sub(" ", self._words(source))).strip()
         for i, span in enumerate(held):
             words = words.replace(f"{_HOLD_OPEN}{i}{_HOLD_CLOSE}", span)
+        if not words and not at_line_start and ending == " ":
+            return ""  # spaces between two cut pieces: the first piece's space stands
         return words + ending if words else ending
 
     def _words(self, source: str) -> str:
@@ -142,6 +148,13 @@ def _sentence(text: str) -> bool:
         and line.count("[") == line.count("]")
         and line.count("(") <= line.count(")")
     )
+
+
+def _plain_line(text: str) -> bool:
+    """The line does not start a heading, list, quote or fence: cutting it between words
+    cannot change what its markers mean."""
+    text = text.lstrip(" \t")
+    return not text.startswith(tuple("#>-*+`~|")) and not _NUMBERED.match(text)
 
 
 def _end_sentence(out: list[str]) -> None:
