@@ -31,6 +31,7 @@ _STRAY = frozenset("*_#~`|<>{}^\\[]")
 _SPOKEN_SYMBOLS = frozenset("°©®™℃℉")
 #: Private-use characters that hold a ``[[ phonemes ]]`` span's place while cleaning.
 _HOLD_OPEN, _HOLD_CLOSE = "\ue000", "\ue001"
+_MID_LINE = "\ue002"
 _SENTENCE_END = ".!?…。！？"
 _TRAILING = ".,;:!?)"
 
@@ -94,7 +95,9 @@ class Cleaner:
             held.append(match.group(0))
             return f"{_HOLD_OPEN}{len(held) - 1}{_HOLD_CLOSE}"
 
-        source = _PHONEMES.sub(hold, piece if at_line_start else piece.lstrip())
+        # A piece cut from mid-line is inline text: a placeholder in front keeps a leading
+        # "-" or "#" from reading as a list or heading (it is dropped as a stray symbol).
+        source = _PHONEMES.sub(hold, piece if at_line_start else _MID_LINE + piece.lstrip())
         words = _SPACE_BEFORE_MARK.sub("", _SPACES.sub(" ", self._words(source))).strip()
         for i, span in enumerate(held):
             words = words.replace(f"{_HOLD_OPEN}{i}{_HOLD_CLOSE}", span)
@@ -145,9 +148,20 @@ def _sentence(text: str) -> bool:
         any(ch.isalpha() for ch in line)
         and line.count("`") % 2 == 0
         and line.count("*") % 2 == 0
-        and line.count("[") == line.count("]")
-        and line.count("(") <= line.count(")")
+        and _unclosed(line, "[", "]") == 0
+        and _unclosed(line, "(", ")") == 0
     )
+
+
+def _unclosed(line: str, opening: str, closing: str) -> int:
+    """Brackets opened and not yet closed (a stray closing one closes nothing)."""
+    depth = 0
+    for ch in line:
+        if ch == opening:
+            depth += 1
+        elif ch == closing:
+            depth = max(0, depth - 1)
+    return depth
 
 
 def _plain_line(text: str) -> bool:
