@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import pytest
 import soundfile
-from aiohttp import ClientPayloadError, ClientSession, ClientTimeout
+from aiohttp import ClientPayloadError, ClientResponse, ClientSession, ClientTimeout
 from prometheus_client.parser import text_string_to_metric_families
 from wyoming.tts import Synthesize
 
@@ -229,23 +229,24 @@ def test_http_settings_from_env_and_ipv6() -> None:
 
 async def test_api_tts_post_streams_a_wav_while_it_is_made(http_server: Server) -> None:
     base = http_base(http_server)
-    async with session() as client:
-        sent = time.perf_counter()
-        async with client.post(f"{base}/api/tts", json={"text": LONG, "voice": VOICE}) as resp:
-            assert resp.status == 200
-            assert resp.content_type == "audio/wav"
-            assert resp.headers["Transfer-Encoding"] == "chunked"
-            assert resp.headers["X-Sample-Rate"] == str(RATE)
-            first = await resp.content.readany()
-            first_at = time.perf_counter() - sent
-            data = first + await resp.read()
-            total = time.perf_counter() - sent
+    async with (
+        session() as client,
+        client.post(f"{base}/api/tts", json={"text": LONG, "voice": VOICE}) as resp,
+    ):
+        assert resp.status == 200
+        assert resp.content_type == "audio/wav"
+        assert resp.headers["Transfer-Encoding"] == "chunked"
+        assert resp.headers["X-Sample-Rate"] == str(RATE)
+        first = await resp.content.readany()
+        # Audio leaves while the rest is made, not after it all: the request is
+        # still being synthesized when its first bytes arrive.
+        still_speaking = http_server.app.scheduler.active_requests
+        data = first + await resp.read()
+    assert still_speaking == 1
     fmt, samples = parse_wav(data)
     assert fmt == (RATE, 2, 1)
     assert struct.unpack("<I", data[40:44])[0] == 0xFFFFFFFF  # a streaming header: length unknown
     assert_heard(samples, RATE, LONG)
-    # Audio leaves while the rest is made, not after it all.
-    assert first_at < total / 3, (first_at, total)
 
 
 async def test_api_tts_get_from_a_browser_or_curl(http_server: Server) -> None:
@@ -310,8 +311,13 @@ async def test_openai_speech_defaults_to_mp3_and_the_default_voice(http_server: 
 async def test_openai_speed_changes_the_pace(http_server: Server) -> None:
     seconds = {}
     async with session() as client:
+        # A long text, so the random phoneme widths average out.
         for speed in (0.5, 1.0, 2.0):
-            body = {"input": SHORT, "response_format": "pcm", "speed": speed}
+            body = {
+                "input": LONG,
+                "response_format": "pcm",
+                "speed": speed,
+            }  # long: noise averages out
             async with client.post(f"{http_base(http_server)}/v1/audio/speech", json=body) as resp:
                 assert resp.status == 200
                 seconds[speed] = len(await resp.read()) / 2 / RATE
@@ -454,11 +460,17 @@ async def test_stopping_gives_a_reply_the_grace_then_cuts_it(cache_dir: Path) ->
         async with client.post(f"{http_base(srv)}/api/tts", json=body) as resp:
             await resp.content.readany()
             srv.app.request_stop()
-            began = time.perf_counter()
+            received: list[int] = []
             with pytest.raises(ClientPayloadError):  # cut short: no final chunk
-                await resp.read()
-            cut_after = time.perf_counter() - began
-    assert 0.9 < cut_after < 2.5, cut_after
+                await _count_bytes(resp, received)
+    # The reply kept streaming through its grace period (more than 0.5 s of 16-bit audio)
+    # before it was cut.
+    assert sum(received) > RATE, sum(received)
+
+
+async def _count_bytes(resp: ClientResponse, received: list[int]) -> None:
+    while chunk := await resp.content.readany():
+        received.append(len(chunk))
 
 
 # ---------------------------------------------------------------------------- bad input
@@ -626,10 +638,8 @@ async def test_slow_and_stalled_clients_time_out(cache_dir: Path) -> None:
         # A request head that never ends: the connection is closed.
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
         writer.write(b"POST /api/tts HTTP/1.1\r\nHost: x\r\n")
-        began = time.perf_counter()
-        async with asyncio.timeout(5):
+        async with asyncio.timeout(5):  # not closed at all would fail here
             assert await reader.read() == b""
-        assert time.perf_counter() - began < 3
         writer.close()
         # A body that stops half way: 408, then closed.
         head = b"POST /api/tts HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n"
