@@ -117,7 +117,11 @@ class Synthesizer:
                         yield pcm
                         # Once audio flows, the next utterance's frontend may run beside us.
                         lookahead.prefetch()
-                if utterance.key is not None and utterance.ends_sentence and self.phrases:
+                if (
+                    utterance.key is not None
+                    and utterance.ends_sentence
+                    and self.phrases is not None
+                ):
                     self.phrases.put(utterance.key, bytes(sentence_pcm))
                 gap = silence(envelope.sentence_silence, rate)
             if pacing.started and envelope.tail > 0:
