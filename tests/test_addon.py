@@ -200,32 +200,27 @@ def run_addon(tmp_path: Path, options: dict[str, Any]) -> tuple[list[str], str |
     return record["argv"], record["token"]
 
 
-BASE = [
-    "--uri",
-    "tcp://0.0.0.0:10200",
-    "--voice",
-    "en_US-joe-medium",
-    "--data-dir",
-    "/share/piper",
-    "--data-dir",
-    "/data",
-    "--cache-dir",
-    "/data/cache",
-]
+def command(
+    *rest: str,
+    voice: str = "en_US-joe-medium",
+    pool: tuple[str, str] = ("3", "120.0"),
+    lead: str = "0.0",
+) -> list[str]:
+    """The command line the run script should build: fixed part, then `rest`."""
+    return [
+        *("--uri", "tcp://0.0.0.0:10200", "--voice", voice),
+        *("--data-dir", "/share/piper", "--data-dir", "/data", "--cache-dir", "/data/cache"),
+        *("--max-voices", pool[0], "--idle-timeout", pool[1], "--lead-in", lead),
+        *rest,
+    ]
+
 
 RUN_CASES: list[tuple[str, dict[str, Any], list[str], str | None]] = [
-    (
-        "defaults",
-        {},
-        [*BASE, "--max-voices", "3", "--idle-timeout", "120.0", "--lead-in", "0.0"]
-        + ["--text-cleanup"],
-        None,
-    ),
+    ("defaults", {}, command("--text-cleanup"), None),
     (
         "raspberry-pi",
         {"max_voices": 1, "idle_timeout": 60, "memory_threshold_mb": 400},
-        [*BASE, "--max-voices", "1", "--idle-timeout", "60.0", "--lead-in", "0.0"]
-        + ["--memory-threshold-mb", "400", "--text-cleanup"],
+        command("--memory-threshold-mb", "400", "--text-cleanup", pool=("1", "60.0")),
         None,
     ),
     (
@@ -250,32 +245,26 @@ RUN_CASES: list[tuple[str, dict[str, Any], list[str], str | None]] = [
             "http_token": "s3cret token",
             "debug_logging": True,
         },
-        [
-            *[v if v != "en_US-joe-medium" else "en_GB-alba-medium" for v in BASE],
-            *("--max-voices", "2", "--idle-timeout", "0.0", "--lead-in", "0.2"),
+        command(
             *("--speaker", "p225", "--length-scale", "1.2", "--noise-scale", "0.5"),
             *("--noise-w-scale", "0.6", "--sentence-silence", "0.25"),
             *("--memory-threshold-mb", "0"),
             *("--preset", "kitchen-slow=en_US-joe-medium:speed=0.8"),
             *("--preset", "bedroom=en_GB-alba-medium:volume=0.5,lead_in=0.2"),
             *("--no-text-cleanup", "--http", "0.0.0.0:10201", "--debug"),
-        ],
+            voice="en_GB-alba-medium",
+            pool=("2", "0.0"),
+            lead="0.2",
+        ),
         "s3cret token",
     ),
     (
         "http-without-token",
         {"http": True, "lead_in": 0.15},
-        [*BASE, "--max-voices", "3", "--idle-timeout", "120.0", "--lead-in", "0.15"]
-        + ["--text-cleanup", "--http", "0.0.0.0:10201"],
+        command("--text-cleanup", "--http", "0.0.0.0:10201", lead="0.15"),
         None,
     ),
-    (
-        "token-ignored-without-http",
-        {"http_token": "unused"},
-        [*BASE, "--max-voices", "3", "--idle-timeout", "120.0", "--lead-in", "0.0"]
-        + ["--text-cleanup"],
-        None,
-    ),
+    ("token-ignored-without-http", {"http_token": "unused"}, command("--text-cleanup"), None),
 ]
 
 
