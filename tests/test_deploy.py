@@ -35,6 +35,7 @@ from .conftest import Response, ServerProcess, assert_speech, connect, free_port
 REPO = Path(__file__).resolve().parents[1]
 HAPROXY_CFG = REPO / "deploy" / "haproxy" / "haproxy.cfg"
 KUBERNETES = REPO / "deploy" / "kubernetes"
+BASE = KUBERNETES / "base"
 TOOLS = Path(sys.executable).parent
 LONG_TEXT = (
     "The morning was quiet. A light rain fell over the garden, and the kettle began to sing. "
@@ -301,8 +302,8 @@ def kubernetes_validate(*paths: Path) -> subprocess.CompletedProcess[str]:
 
 
 def test_kubernetes_manifests_are_valid() -> None:
-    files = sorted(p for p in KUBERNETES.glob("*.yaml") if p.name != "kustomization.yaml")
-    kinds = sorted(d["kind"] for d in manifests(KUBERNETES))
+    files = sorted(p for p in BASE.glob("*.yaml") if p.name != "kustomization.yaml")
+    kinds = sorted(d["kind"] for d in manifests(BASE))
     assert kinds == [
         "Deployment",
         "HorizontalPodAutoscaler",
@@ -315,7 +316,7 @@ def test_kubernetes_manifests_are_valid() -> None:
 
 
 def test_kubernetes_validate_rejects_a_broken_deployment(tmp_path: Path) -> None:
-    (deployment,) = [d for d in manifests(KUBERNETES) if d["kind"] == "Deployment"]
+    (deployment,) = [d for d in manifests(BASE) if d["kind"] == "Deployment"]
     container = deployment["spec"]["template"]["spec"]["containers"][0]
     container["readinessProbe"]["httpGet"]["port"] = [10201]
     broken = tmp_path / "broken.yaml"
@@ -326,7 +327,7 @@ def test_kubernetes_validate_rejects_a_broken_deployment(tmp_path: Path) -> None
 def test_deployment_probes_and_settings_match_the_server() -> None:
     """What no schema knows: probes on the HTTP door's /ready and /health at the port the
     env opens it on, env vars that are real settings, zeroconf off, voices read-only."""
-    (deployment,) = [d for d in manifests(KUBERNETES) if d["kind"] == "Deployment"]
+    (deployment,) = [d for d in manifests(BASE) if d["kind"] == "Deployment"]
     pod = deployment["spec"]["template"]["spec"]
     (container,) = pod["containers"]
     env = {e["name"]: e.get("value") for e in container["env"]}
@@ -363,11 +364,16 @@ def test_kubernetes_profiles_render_and_validate(tmp_path: Path, profile: str) -
     assert checked.returncode == 0, checked.stdout + checked.stderr
     (deployment,) = [d for d in yaml.safe_load_all(proc.stdout) if d["kind"] == "Deployment"]
     (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    names = [e["name"] for e in container["env"]]
+    assert len(names) == len(set(names)), names  # the profile replaced, not added
+    assert set(names) <= {ENV_PREFIX + f.name.upper() for f in settings_fields()}
     env = {e["name"]: e.get("value") for e in container["env"]}
     memory = container["resources"]["limits"]["memory"]
     if profile == "pi":
         assert env[f"{ENV_PREFIX}MAX_VOICES"] == "1"
+        assert env[f"{ENV_PREFIX}WORKERS"] == "1"
         assert memory == "640Mi"
     else:
         assert f"{ENV_PREFIX}MAX_VOICES" not in env
+        assert env[f"{ENV_PREFIX}WORKERS"] == "2"
         assert memory == "1536Mi"
