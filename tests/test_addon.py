@@ -16,6 +16,7 @@ import json
 import os
 import re
 import shutil
+import socket
 import struct
 import subprocess
 import sys
@@ -303,6 +304,60 @@ def parse_like_the_server(argv: list[str]) -> Settings:
         kept.append(arg)
     settings, _warnings = load_settings(kept, environ={})
     return settings
+
+
+def private_network_problem() -> str | None:
+    """Why a private network namespace (its own 127.0.0.1:10200) cannot be had, or None."""
+    unshare, ip = shutil.which("unshare"), shutil.which("ip", path="/usr/sbin:/sbin:/usr/bin")
+    if unshare is None or ip is None:
+        return "unshare or ip (util-linux, iproute2) is not installed"
+    proc = subprocess.run(
+        [unshare, "--net", ip, "link", "set", "lo", "up"], capture_output=True, timeout=30
+    )
+    return None if proc.returncode == 0 else f"unshare --net is not allowed here: {proc.stderr!r}"
+
+
+def test_discovery_tells_home_assistant_once_the_server_answers(
+    tmp_path: Path, cache_dir: Path
+) -> None:
+    """The discovery oneshot waits for a real Describe round trip on the add-on's port,
+    then posts the Wyoming URI. In a network namespace of its own, so port 10200 is the
+    test's whatever else runs on this machine."""
+    if (problem := private_network_problem()) is not None:
+        pytest.skip(problem)
+    log = tmp_path / "discovery.log"
+    script = """
+        ip link set lo up
+        "$PYTHON" -m wyoming_tts --uri tcp://127.0.0.1:10200 --cache-dir "$CACHE" &
+        server=$!
+        "$BASHIO" "$DISCOVERY"
+        kill -TERM "$server"
+        wait "$server"
+    """
+    env = {
+        **os.environ,
+        "PATH": f"{TOOLS}{os.pathsep}{os.environ['PATH']}{os.pathsep}/usr/sbin:/sbin",
+        "PYTHON": sys.executable,
+        "BASHIO_PYTHON": sys.executable,
+        "CACHE": str(cache_dir),
+        "BASHIO": str(FAKE_BASHIO),
+        "DISCOVERY": str(S6 / "discovery" / "run"),
+        "BASHIO_DISCOVERY_LOG": str(log),
+    }
+    proc = subprocess.run(
+        ["unshare", "--net", "bash", "-euc", script],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=180,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "Sent the discovery information" in proc.stderr
+    assert "Ready: wyoming-tts" in proc.stderr  # the server was up before the message
+    service, _, config = log.read_text().strip().partition(" ")
+    assert service == "wyoming"
+    assert json.loads(config) == {"uri": f"tcp://{socket.gethostname()}:10200"}
 
 
 # ---------------------------------------------------------------------- linters
