@@ -149,6 +149,31 @@ def test_options_schema_translations_and_server_defaults_agree() -> None:
     assert options["http"] is (defaults.http is not None)
 
 
+def test_presets_pattern_takes_the_servers_form() -> None:
+    """The Supervisor checks each list item with `re.match` on the schema's pattern."""
+    (kind,) = load_yaml(ADDON / "config.yaml")["schema"]["presets"]
+    found = re.fullmatch(r"match\((.*)\)", kind)
+    assert found is not None, kind
+    pattern = found.group(1)
+    for good in (
+        "kitchen-slow=en_US-joe-medium",
+        "kitchen-slow=en_US-joe-medium:speed=0.8",
+        "bedroom=en_GB-alba-medium:volume=-6dB,lead_in=0.2,text_cleanup=false",
+        "fado=pt_PT-tugão-medium:speaker=1",
+    ):
+        assert re.match(pattern, good), good
+    for bad in ("kitchen", "kitchen=", "a=b:speed", "a=b:speed=1,", "a b=c", "=b"):
+        assert not re.match(pattern, bad), bad
+
+
+def test_one_repository_url_everywhere() -> None:
+    """Where the add-on names its repository; one URL to change when it moves."""
+    url = load_yaml(REPO / "repository.yaml")["url"]
+    assert load_yaml(ADDON / "config.yaml")["url"].startswith(url + "/")
+    assert f"`{url}`" in (ADDON / "DOCS.md").read_text()
+    assert f"{url}/archive/" in (ADDON / "Dockerfile").read_text()
+
+
 def test_icon_and_logo_are_pngs_of_the_recommended_size() -> None:
     for name, size in (("icon.png", (128, 128)), ("logo.png", (250, 100))):
         head = (ADDON / name).read_bytes()[:24]
