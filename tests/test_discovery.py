@@ -378,3 +378,37 @@ async def test_advertising_on_every_interface_never_blocks_the_loop(
     async with run_server(*args, "--uri", "tcp://0.0.0.0:0") as srv:
         assert srv.app.phase.value == "serving"
         await still_serves(srv)
+
+
+@pytest.mark.usefixtures("loopback_multicast", "no_leaks")
+async def test_a_change_of_network_address_is_advertised_anew() -> None:
+    """A DHCP renewal, seen through a fake address source, reaches a peer's browser."""
+    before = asyncio.all_tasks()
+    addresses = ["192.0.2.10"]
+    disco = Discovery(
+        _unique_name(),
+        10238,
+        {"program": "t"},
+        interfaces=LOOPBACK_IFACE,
+        address_source=lambda: list(addresses),
+        watch_interval=0.2,
+    )
+    # Two registrations with their probes, and a goodbye: generous on a loaded machine.
+    async with _peer() as peer, asyncio.timeout(6 * STEP_TIMEOUT_S), disco:
+        info = await _resolve(peer, disco.service_name)
+        assert info is not None and info.parsed_addresses() == ["192.0.2.10"]
+        assert await disco.refresh_addresses() is False  # unchanged: nothing sent
+        addresses[:] = ["192.0.2.20", "198.51.100.7"]
+        while True:  # the watcher notices on its own, then the peer hears it
+            info = await _resolve(peer, disco.service_name, timeout_ms=500)
+            if info is not None and sorted(info.parsed_addresses()) == sorted(addresses):
+                break
+            await asyncio.sleep(0.1)
+        assert disco.addresses == addresses
+    await _assert_no_tasks_left(before)
+
+
+async def test_refresh_requires_active_discovery() -> None:
+    disco = Discovery("x", 10239, {}, host="127.0.0.1", address_source=lambda: ["192.0.2.1"])
+    with pytest.raises(RuntimeError, match="not active"):
+        await disco.refresh_addresses()

@@ -7,12 +7,14 @@ advertising there lets users add the server without typing an address.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ipaddress
 import logging
 import re
 import socket
 import uuid
-from collections.abc import Awaitable, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from functools import partial
 from types import TracebackType
 from typing import Final
 
@@ -30,6 +32,9 @@ TXT_MAX_BYTES: Final = 255
 INSTANCE_NAME_MAX_BYTES: Final = 63
 GOODBYE_TIMEOUT_S: Final = 2.0
 """Bound on waiting for goodbye packets so shutdown never hangs on a dead network."""
+ADDRESS_WATCH_S: Final = 30.0
+"""How often the LAN addresses are read again: a DHCP renewal or an interface going up
+or down is advertised within a minute (two reads; each is a route lookup and a list)."""
 
 _UNSPECIFIED_HOSTS: Final = frozenset({"", "0.0.0.0", "::"})
 _NOT_DNS_LABEL_CHARS: Final = re.compile(r"[^a-z0-9-]+")
@@ -107,7 +112,9 @@ class Discovery:
 
     The zeroconf instance is created on enter so it runs on the caller's event loop
     instead of spawning its own thread.  Addresses are picked at construction (a
-    hostname ``host`` is resolved there, blocking) so ``addresses`` is known up front.
+    hostname ``host`` is resolved there, blocking) so ``addresses`` is known up front;
+    while active they are read again off the loop every ``watch_interval`` seconds,
+    and a change is advertised anew.
     """
 
     def __init__(
@@ -118,6 +125,8 @@ class Discovery:
         *,
         host: str | None = None,
         interfaces: InterfacesType | None = None,
+        address_source: Callable[[], list[str]] | None = None,
+        watch_interval: float = ADDRESS_WATCH_S,
     ) -> None:
         if not name or len(name.encode()) > INSTANCE_NAME_MAX_BYTES or "." in name:
             raise ValueError(
@@ -128,19 +137,11 @@ class Discovery:
         self.port = port
         self.service_name = f"{name}.{SERVICE_TYPE}"
         self.properties = _checked_properties(properties)
-        self.addresses = detect_addresses(host)
-        if not self.addresses:
-            _LOGGER.warning(
-                "No non-loopback network address found; advertising %s (LAN clients "
-                "will not be able to connect)",
-                LOOPBACK_V4,
-            )
-            self.addresses = [LOOPBACK_V4]
-        if interfaces is None:
-            only_loopback = all(ipaddress.ip_address(a).is_loopback for a in self.addresses)
-            # Announcing a loopback address on the LAN would point peers at themselves.
-            interfaces = [LOOPBACK_V4] if only_loopback else InterfaceChoice.All
-        self._interfaces: InterfacesType = interfaces
+        self._source = address_source or partial(detect_addresses, host)
+        self._watch_interval = watch_interval
+        self._fixed_interfaces = interfaces
+        self.addresses = self._usable(self._source(), warn=True)
+        self._interfaces = self._interfaces_for(self.addresses)
         # Our own host name, not the machine's: reusing the machine's name would fight
         # avahi's A records; the node id keeps two machines' names from colliding.
         label = _NOT_DNS_LABEL_CHARS.sub("-", name.lower()).strip("-")[:40] or "wyoming"
@@ -148,8 +149,71 @@ class Discovery:
         self._aiozc: AsyncZeroconf | None = None
         self._info: AsyncServiceInfo | None = None
         self._broadcasts: set[asyncio.Future[object]] = set()
+        self._watcher: asyncio.Task[None] | None = None
+        self._entered = False
+
+    @staticmethod
+    def _usable(addresses: list[str], warn: bool = False) -> list[str]:
+        if addresses:
+            return addresses
+        if warn:
+            _LOGGER.warning(
+                "No non-loopback network address found; advertising %s (LAN clients "
+                "will not be able to connect)",
+                LOOPBACK_V4,
+            )
+        return [LOOPBACK_V4]
+
+    def _interfaces_for(self, addresses: list[str]) -> InterfacesType:
+        if self._fixed_interfaces is not None:
+            return self._fixed_interfaces
+        only_loopback = all(ipaddress.ip_address(a).is_loopback for a in addresses)
+        # Announcing a loopback address on the LAN would point peers at themselves.
+        return [LOOPBACK_V4] if only_loopback else InterfaceChoice.All
 
     async def __aenter__(self) -> Discovery:
+        """Register, then re-read the LAN addresses every `watch_interval` seconds."""
+        await self._register()
+        self._entered = True
+        if self._watch_interval > 0:
+            self._watcher = asyncio.create_task(self._watch(), name="mdns-address-watch")
+        return self
+
+    async def refresh_addresses(self) -> bool:
+        """Re-advertise if the machine's addresses changed; True if they had.
+
+        zeroconf's sockets are bound to the interfaces' addresses of the moment, so a
+        change means a new stack: goodbyes for the old records, then a fresh register.
+        """
+        if not self._entered:
+            raise RuntimeError("Discovery is not active")
+        addresses = self._usable(await asyncio.to_thread(self._source))
+        if addresses == self.addresses and self._aiozc is not None:
+            return False
+        if addresses != self.addresses:
+            _LOGGER.info(
+                "Network addresses changed from %s to %s; advertising again",
+                ", ".join(self.addresses),
+                ", ".join(addresses),
+            )
+        await self._unregister()  # nothing to do if the last re-register failed
+        self.addresses, self._interfaces = addresses, self._interfaces_for(addresses)
+        await self._register()
+        return True
+
+    async def _watch(self) -> None:
+        failing = False
+        while True:
+            await asyncio.sleep(self._watch_interval)
+            try:
+                await self.refresh_addresses()
+                failing = False
+            except Exception as err:
+                if not failing:  # once per outage, not every interval
+                    _LOGGER.warning("mDNS re-advertisement failed (will retry): %r", err)
+                failing = True
+
+    async def _register(self) -> None:
         """Register (probing for conflicts, renaming if needed) and start announcing."""
         if self._aiozc is not None:
             raise RuntimeError("Discovery is already active")
@@ -168,7 +232,6 @@ class Discovery:
         _LOGGER.info(
             "Advertising %s on %s port %d", self.service_name, ", ".join(self.addresses), self.port
         )
-        return self
 
     async def __aexit__(
         self,
@@ -176,7 +239,16 @@ class Discovery:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        """Send goodbyes and close; network errors are logged, never raised."""
+        """Stop watching, send goodbyes and close; network errors are logged, never raised."""
+        self._entered = False
+        watcher, self._watcher = self._watcher, None
+        if watcher is not None:
+            watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watcher
+        await self._unregister()
+
+    async def _unregister(self) -> None:
         aiozc, info = self._aiozc, self._info
         self._aiozc = self._info = None
         if aiozc is None:
@@ -200,9 +272,12 @@ class Discovery:
     async def update(self, properties: Mapping[str, str]) -> None:
         """Re-announce changed TXT properties (e.g. after the voice list changed)."""
         checked = _checked_properties(properties)
-        if self._aiozc is None:
+        if not self._entered:
             raise RuntimeError("Discovery is not active")
         if checked == self.properties:
+            return
+        if self._aiozc is None:  # between a failed re-register and the next try
+            self.properties = checked
             return
         info = self._service_info(checked)
         self._track(await self._aiozc.async_update_service(info))
