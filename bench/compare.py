@@ -322,18 +322,8 @@ def fmt_ratio(value: float | None) -> str:
 def _concurrency_rows(add: Callable[..., None], conc: dict[str, Any] | None, label: str) -> None:
     if not conc:
         return
-    add(
-        f"TTFA {label} median",
-        conc[OURS]["ttfa"]["median"],
-        conc[THEIRS]["ttfa"]["median"],
-        "s",
-    )
-    add(
-        f"TTFA {label} p95",
-        conc[OURS]["ttfa"]["p95"],
-        conc[THEIRS]["ttfa"]["p95"],
-        "s",
-    )
+    for stat in ("median", "p95"):
+        add(f"TTFA {label} {stat}", conc[OURS]["ttfa"][stat], conc[THEIRS]["ttfa"][stat], "s")
     if "heard" in conc[OURS] and "heard" in conc[THEIRS]:
         add(
             f"HEARD {label} p95",
