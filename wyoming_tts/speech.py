@@ -91,15 +91,20 @@ class Speech:
         self.format = AudioFormat(rate=voice.sample_rate)
         self.heard_seconds: float | None = None
 
-    async def audio(self, text: TextSource) -> AsyncGenerator[bytes, None]:
+    async def audio(
+        self, text: TextSource, *, fixed_plan: bool = False
+    ) -> AsyncGenerator[bytes, None]:
         """16-bit PCM pieces as they are made; a whole text with nothing to say is `no-speech`.
 
         A streamed text with nothing to say just ends: Home Assistant streams every
-        request, and an empty stream is not a client's mistake.
+        request, and an empty stream is not a client's mistake. ``fixed_plan``: the same
+        samples on every run, for files (`Synthesizer.speak`).
         """
         spoken = False
         sentences = self._service.sentences(text)
-        pieces = self._service.synthesizer.speak(self._voice, self._params, sentences, self.stats)
+        pieces = self._service.synthesizer.speak(
+            self._voice, self._params, sentences, self.stats, fixed_plan=fixed_plan
+        )
         started, heard_bytes, made = time.perf_counter(), self._heard_bytes(), 0
         async with contextlib.aclosing(pieces):
             async for pcm in pieces:

@@ -24,7 +24,7 @@ from ..audio import SAMPLE_WIDTH, fade_out, silence, to_pcm16
 from ..model.vits import FloatArray, Latent
 from ..runtime.scheduler import Scheduler
 from ..voices.loader import LoadedVoice, SynthParams
-from .chunking import INITIAL_FRAME_COST, Pacing, plan_chunk
+from .chunking import INITIAL_FRAME_COST, Pacing, fixed_chunk, plan_chunk
 
 
 @dataclass
@@ -64,8 +64,14 @@ class Synthesizer:
         params: SynthParams,
         sentences: AsyncIterable[str],
         stats: SpeechStats,
+        *,
+        fixed_plan: bool = False,
     ) -> AsyncGenerator[bytes, None]:
-        """16-bit PCM of every sentence, a piece per decoded chunk, filling ``stats``."""
+        """16-bit PCM of every sentence, a piece per decoded chunk, filling ``stats``.
+
+        ``fixed_plan`` decodes by `chunking.fixed_chunk` instead of pacing: the same
+        samples on every run (long-form files), with no early first chunk.
+        """
         started = time.perf_counter()
         pacing = Pacing(frame_cost=voice.frame_seconds or INITIAL_FRAME_COST)
         lookahead = _Lookahead(self._utterances(voice, params, sentences, stats, pacing))
@@ -75,7 +81,7 @@ class Synthesizer:
                 if pacing.started:
                     lookahead.prefetch()
                 prefix = gap if utterance.starts_sentence else b""
-                chunks = self._chunks(voice, utterance.latent, pacing, stats)
+                chunks = self._chunks(voice, utterance.latent, pacing, stats, fixed_plan)
                 async with contextlib.aclosing(chunks):
                     async for audio in chunks:
                         pcm = prefix + to_pcm16(audio, voice.gain)
@@ -93,24 +99,32 @@ class Synthesizer:
             stats.audio_seconds = pacing.produced
 
     async def _chunks(
-        self, voice: LoadedVoice, latent: Latent, pacing: Pacing, stats: SpeechStats
+        self,
+        voice: LoadedVoice,
+        latent: Latent,
+        pacing: Pacing,
+        stats: SpeechStats,
+        fixed_plan: bool = False,
     ) -> AsyncGenerator[FloatArray, None]:
         """One utterance's audio in chunks planned from the playback ahead of the listener."""
         model, run = voice.model, self._scheduler.run
         start, total = 0, latent.num_frames
         while start < total:
             urgent = pacing.starving()
-            if pacing.started and model.needs_flow(latent):
+            if (pacing.started or fixed_plan) and model.needs_flow(latent):
                 # From now on each chunk of this utterance costs only the vocoder.
                 latent = await run(model.with_flow, latent, start, urgent=urgent)
-            end = plan_chunk(
-                start,
-                total,
-                ahead=pacing.ahead(),
-                frame_cost=pacing.frame_cost,
-                margin=model.margin,
-                requests_in_flight=self._scheduler.active_requests,
-            )
+            if fixed_plan:
+                end = fixed_chunk(start, total, margin=model.margin)
+            else:
+                end = plan_chunk(
+                    start,
+                    total,
+                    ahead=pacing.ahead(),
+                    frame_cost=pacing.frame_cost,
+                    margin=model.margin,
+                    requests_in_flight=self._scheduler.active_requests,
+                )
             began = time.perf_counter()
             audio = await run(model.decode, latent, start, end, urgent=urgent)
             decoded = min(total, end + model.margin) - max(0, start - model.margin)
