@@ -25,6 +25,7 @@ from typing import Any, TypeVar
 
 from ..audio import silence
 from ..config import ConfigError, Settings, load_settings
+from ..config import build_parser as build_settings_parser
 from ..errors import NoSpeech, TtsError, VoiceLoadFailed
 from ..runtime.memory import tune_malloc
 from ..runtime.scheduler import Scheduler
@@ -84,6 +85,7 @@ class Job:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=PROG,
+        allow_abbrev=False,
         description="Speak a text, a .txt/.md file, an EPUB or a PDF into audio files. "
         "Every server setting flag (--voice, --speaker, --length-scale, --noise-scale, "
         "--noise-w-scale, --sentence-silence, --data-dir, --config, ...) works here too.",
@@ -117,8 +119,39 @@ def _positive(text: str) -> int:
     return value
 
 
+def split_argv(argv: Sequence[str], synth: argparse.ArgumentParser) -> tuple[list[str], list[str]]:
+    """(synth's arguments, the server settings' flags), so each parser sees only its own.
+
+    A setting's value is never taken for the input file (argparse's parse_known_args
+    would), and ``--text`` is never read as an abbreviation of ``--text-cleanup``.
+    """
+    server = build_settings_parser()
+    mine = {s for a in synth._actions for s in a.option_strings}
+    theirs = {s: a for a in server._actions for s in a.option_strings}
+    own: list[str] = []
+    settings: list[str] = []
+    tokens = list(argv)
+    while tokens:
+        token = tokens.pop(0)
+        flag = token.split("=", 1)[0]
+        if token == "--":
+            own += [token, *tokens]
+            break
+        if flag in theirs and flag not in mine:
+            settings.append(token)
+            nargs = theirs[flag].nargs
+            takes_value = nargs is None or (nargs == "?" and tokens and tokens[0][:1] != "-")
+            if "=" not in token and takes_value and tokens:
+                settings.append(tokens.pop(0))
+        else:
+            own.append(token)
+    return own, settings
+
+
 def main(argv: Sequence[str]) -> int:
-    args, rest = build_parser().parse_known_args(argv)
+    parser = build_parser()
+    own, rest = split_argv(argv, parser)
+    args = parser.parse_args(own)
     try:
         settings, warnings = load_settings(rest)
     except ConfigError as err:
@@ -269,9 +302,11 @@ class _Runner:
                 await self._synthesize(service, todo, manifest, rate)
             finally:
                 self.progress.close()
+            if not self.written and not self.skipped:
+                print(f"{PROG}: the input has nothing that can be spoken", file=sys.stderr)
+                return EXIT_BAD_INPUT
             if job.out_dir is not None:
-                entries = [(p.name, p.title, manifest.seconds(p.name)) for p in plan.parts]
-                await self._io(write_playlist, job.out_dir, entries)
+                await self._io(_playlist, job.out_dir, plan, manifest)
             self._report_done()
         return 0
 
@@ -351,7 +386,7 @@ class _Runner:
         directory = self.job.directory
         progress = self.progress
         assert progress is not None  # set by run() before synthesis
-        audio = await self._io(AudioFile, directory / part.name, self.job.fmt, rate)
+        audio = AudioFile(directory / part.name, self.job.fmt, rate)
         try:
             for c, groups in enumerate(part.chapters):
                 for g, group in enumerate(groups):
@@ -368,7 +403,7 @@ class _Runner:
                         await self._io(audio.write, pcm)
                     progress.advance(group.chars, len(pcm) / 2 / rate)
             if not audio.samples:
-                await self._io(audio.discard)
+                audio.discard()  # never opened: nothing on disk
                 progress.note(f"Skipped {part.title!r}: nothing that can be spoken")
                 return
             seconds = await self._io(audio.finish)
@@ -409,6 +444,16 @@ class _Runner:
             + "; nothing partial was kept. Run the same command again to go on.",
             file=sys.stderr,
         )
+
+
+def _playlist(directory: Path, plan: Plan, manifest: Manifest) -> None:
+    """Every file of the book that exists whole (not the chapters with nothing to say)."""
+    entries = [
+        (p.name, p.title, manifest.seconds(p.name))
+        for p in plan.parts
+        if manifest.done(directory, p.name, p.key)
+    ]
+    write_playlist(directory, entries)
 
 
 def _configure_logging(settings: Settings) -> None:

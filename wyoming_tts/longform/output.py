@@ -65,20 +65,29 @@ class AudioFile:
             else soundfile_format(fmt, rate)
         )
         self._resampler = Resampler(rate, out_rate) if out_rate != rate else None
-        self._file = soundfile.SoundFile(self.temp, "w", out_rate, CHANNELS, **options)
+        self._open = (out_rate, options)
+        self._file: soundfile.SoundFile | None = None
+        """Opened at the first write (on a thread): making one costs no I/O."""
 
     def write(self, pcm: bytes) -> None:
         samples = np.frombuffer(pcm, dtype="<i2")
         self.samples += len(samples)
         if self._resampler is not None:
             samples = self._resampler.process(samples)
-        self._file.write(samples)
+        self._writer().write(samples)
+
+    def _writer(self) -> soundfile.SoundFile:
+        if self._file is None:
+            out_rate, options = self._open
+            self._file = soundfile.SoundFile(self.temp, "w", out_rate, CHANNELS, **options)
+        return self._file
 
     def finish(self) -> float:
         """Close, flush to disk and rename into place; the audio's seconds."""
+        writer = self._writer()
         if self._resampler is not None:
-            self._file.write(self._resampler.process(np.zeros(0, dtype="<i2"), final=True))
-        self._file.close()
+            writer.write(self._resampler.process(np.zeros(0, dtype="<i2"), final=True))
+        writer.close()
         with open(self.temp, "rb+") as handle:
             os.fsync(handle.fileno())
         os.replace(self.temp, self.path)
@@ -86,6 +95,8 @@ class AudioFile:
 
     def discard(self) -> None:
         """Drop the unfinished file (Ctrl-C, a failure)."""
+        if self._file is None:
+            return  # never opened: nothing on disk
         with contextlib.suppress(Exception):
             self._file.close()
         with contextlib.suppress(FileNotFoundError):

@@ -68,8 +68,9 @@ def sentences(chapter: Chapter, cleanup: bool, name_emoji: bool, punctuation: st
     return [add_punctuation(s, punctuation) for s in iter_sentences(normalize(text))]
 
 
-def groups(sentences: Sequence[str], limit: int = GROUP_CHARS) -> tuple[Group, ...]:
-    """Consecutive sentences joined up to ``limit`` characters (a longer one alone)."""
+def groups(sentences: Sequence[str], limit: int | None = None) -> tuple[Group, ...]:
+    """Consecutive sentences joined up to ``limit`` (`GROUP_CHARS`) characters."""
+    limit = GROUP_CHARS if limit is None else limit
     out: list[Group] = []
     pending: list[str] = []
     size = 0

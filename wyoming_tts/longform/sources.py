@@ -137,6 +137,8 @@ def _read_epub(path: Path) -> Book:
         item = book.get_item_with_id(idref)
         if item is None or item.get_type() != ITEM_DOCUMENT or linear == "no":
             continue
+        if "nav" in (getattr(item, "properties", None) or ()):  # the table of contents
+            continue
         page = _HtmlText()
         page.feed(item.get_content().decode("utf-8", errors="replace"))
         text = page.text()
@@ -209,7 +211,8 @@ class _HtmlText(html.parser.HTMLParser):
         elif tag in ("h1", "h2", "h3") and self._in_heading:
             self._in_heading = False
             self.heading = " ".join("".join(self._heading).split()) or None
-            self._parts.append(".")  # a heading is said as a sentence of its own
+            if self.heading:
+                self._parts.append(".")  # a heading is said as a sentence of its own
         if tag in _BLOCKS:
             self._parts.append("\n\n")
 
