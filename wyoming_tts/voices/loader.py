@@ -210,7 +210,9 @@ def load_voice(entry: VoiceEntry, options: LoadOptions) -> LoadedVoice:
     costs: list[float] = []
     max_ids = MAX_UTTERANCE_IDS
     try:
-        params = voice.params(None, None, None, None)
+        # Noise off: the gain is then the same at every load, so a text's audio is too
+        # (`wyoming-tts synth` files are byte-identical from run to run).
+        params = voice.params(None, 0.0, None, 0.0)
         peaks = [
             float(np.max(np.abs(a)))
             for a in voice.speak_blocking(CALIBRATION_TEXT, params, max_ids, costs)
