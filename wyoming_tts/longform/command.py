@@ -14,6 +14,7 @@ import argparse
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import logging
 import os
 import signal
@@ -279,14 +280,17 @@ class _Runner:
             async with service.pool.acquire(self.settings.voice) as voice:
                 rate = voice.sample_rate
                 model_stat = await self._io(voice.entry.model_path.stat)
-            plan = make_plan(
-                job.book,
-                single_file=job.out_file.name if job.out_file is not None else None,
-                ext=EXTENSIONS[job.fmt],
-                audio=self._audio_settings(rate, (model_stat.st_size, model_stat.st_mtime_ns)),
-                cleanup=job.settings.text_cleanup,
-                name_emoji=job.settings.name_emoji,
-                punctuation=job.settings.auto_punctuation,
+            plan = await self._io(
+                functools.partial(
+                    make_plan,
+                    job.book,
+                    single_file=job.out_file.name if job.out_file is not None else None,
+                    ext=EXTENSIONS[job.fmt],
+                    audio=self._audio_settings(rate, (model_stat.st_size, model_stat.st_mtime_ns)),
+                    cleanup=job.settings.text_cleanup,
+                    name_emoji=job.settings.name_emoji,
+                    punctuation=job.settings.auto_punctuation,
+                )
             )
             if not plan.parts:
                 print(f"{PROG}: the input has nothing that can be spoken", file=sys.stderr)
@@ -431,6 +435,9 @@ class _Runner:
         if self.job.quiet or self.progress is None:
             return
         where = self.job.out_file or self.job.out_dir
+        if not self.written:
+            _LOGGER.info("Nothing to do: every file in %s is already made (--force redoes)", where)
+            return
         made = f"{len(self.written)} file(s) made"
         if self.skipped:
             made += f", {len(self.skipped)} already made"
