@@ -9,6 +9,7 @@ for, not silence, as long as the text.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import signal
@@ -183,6 +184,14 @@ def test_text_argument_in_each_format(
     assert synth("--text", text, "--out", out, cache_dir=cache_dir) == 0
     assert soundfile.info(str(out)).format == container
     assert_heard(out, text, rate)
+
+
+def test_stdin(tmp_path: Path, cache_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    text = "Reading from a pipe works too."
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(text.encode())))
+    out = tmp_path / "piped.wav"
+    assert synth("-", "--out", out, cache_dir=cache_dir) == 0
+    assert_heard(out, text)
 
 
 def test_markdown_is_read_as_words(tmp_path: Path, cache_dir: Path) -> None:
