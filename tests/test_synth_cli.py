@@ -231,6 +231,24 @@ def test_jobs_1_and_2_write_identical_bytes(
     assert outputs[0] == outputs[1]
 
 
+def test_seed_fixes_the_noise_for_any_jobs(
+    tmp_path: Path, cache_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(plan_module, "GROUP_CHARS", 80)
+    text = " ".join(body for _, body in CHAPTERS)
+    runs = {}
+    for jobs, seed in (("1", "7"), ("2", "7"), ("2", "8")):
+        out = tmp_path / f"{jobs}-{seed}.wav"
+        assert (
+            synth("--text", text, "--out", out, "--seed", seed, "--jobs", jobs, cache_dir=cache_dir)
+            == 0
+        )
+        assert_heard(out, text)
+        runs[jobs, seed] = out.read_bytes()
+    assert runs["1", "7"] == runs["2", "7"]
+    assert runs["2", "8"] != runs["2", "7"]
+
+
 def test_rerun_skips_what_is_made_and_force_redoes_it(tmp_path: Path, cache_dir: Path) -> None:
     book = tmp_path / "book.epub"
     out = tmp_path / "out"

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import time
 from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Callable, Iterator
@@ -52,6 +53,8 @@ class SpeechRequest:
     language: str | None = None
     length_scale: float | None = None
     """Phoneme length for this request alone (speed = 1 / length_scale)."""
+    seed: int | None = None
+    """Seeds the noise (a seedable voice): the same text and seed, the same audio."""
 
 
 @dataclass(frozen=True)
@@ -184,6 +187,8 @@ class SpeechService:
                         length_scale,
                         settings.noise_w_scale,
                     )
+                    if request.seed is not None:
+                        params = dataclasses.replace(params, seed=request.seed)
                     speech = Speech(self, voice, params, stats)
                     yield speech
         except TtsError as err:

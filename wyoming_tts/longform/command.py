@@ -28,6 +28,7 @@ from ..audio import silence
 from ..config import ConfigError, Settings, load_settings
 from ..config import build_parser as build_settings_parser
 from ..errors import NoSpeech, TtsError, VoiceLoadFailed
+from ..model.noise import utterance_seed
 from ..runtime.memory import tune_malloc
 from ..runtime.scheduler import Scheduler
 from ..speech import SpeechRequest, SpeechService
@@ -74,6 +75,7 @@ class Job:
     out_dir: Path | None
     force: bool
     quiet: bool
+    seed: int | None = None
 
     @property
     def directory(self) -> Path:
@@ -104,6 +106,12 @@ def build_parser() -> argparse.ArgumentParser:
         type=_positive,
         default=os.cpu_count() or 1,
         help="sentence groups synthesized at once (default: the CPU count)",
+    )
+    parser.add_argument(
+        "--seed",
+        type=int,
+        help="seed the noise per utterance (from its text and place): the same audio on "
+        "every run and for any --jobs, with the voice's natural variation",
     )
     parser.add_argument("--force", action="store_true", help="redo files already made")
     parser.add_argument("--quiet", action="store_true", help="no progress, only errors")
@@ -192,7 +200,9 @@ def parse_job(args: argparse.Namespace, settings: Settings) -> Job:
     out_file = args.out
     if out_file is not None and out_file.is_dir():
         raise InputError(f"{out_file}: is a directory (use --out-dir for a file per chapter)")
-    job = Job(settings, book, fmt, args.jobs, out_file, args.out_dir, args.force, args.quiet)
+    job = Job(
+        settings, book, fmt, args.jobs, out_file, args.out_dir, args.force, args.quiet, args.seed
+    )
     check_writable(job.directory)
     return job
 
@@ -230,7 +240,7 @@ async def run(job: Job) -> int:
 
 
 @contextlib.asynccontextmanager
-async def open_service(settings: Settings) -> AsyncIterator[SpeechService]:
+async def open_service(settings: Settings, seedable: bool = False) -> AsyncIterator[SpeechService]:
     """The server's speech service for this process; its threads end with the block."""
     scheduler = Scheduler(settings.effective_workers)
     pool = VoicePool(
@@ -239,6 +249,7 @@ async def open_service(settings: Settings) -> AsyncIterator[SpeechService]:
                 cache_dir=settings.effective_cache_dir,
                 intra_op_threads=settings.intra_op_threads,
                 keep_decoder_memory=settings.keep_decoder_memory,
+                seedable=seedable,
             ),
             max_voices=1,
             idle_timeout=0.0,
@@ -275,7 +286,7 @@ class _Runner:
 
     async def run(self) -> int:
         job = self.job
-        async with open_service(self.settings) as service:
+        async with open_service(self.settings, seedable=job.seed is not None) as service:
             await service.pool.prime((self.settings.voice,))
             async with service.pool.acquire(self.settings.voice) as voice:
                 rate = voice.sample_rate
@@ -324,6 +335,7 @@ class _Runner:
             "model_file": model_file,
             "rate": rate,
             "format": self.job.fmt,
+            "seed": self.job.seed,
         }
 
     async def _todo(self, plan: Plan, manifest: Manifest) -> list[Part]:
@@ -350,8 +362,13 @@ class _Runner:
         buffered = asyncio.Semaphore(BUFFERED_PER_JOB * jobs)
         queue: asyncio.Queue[asyncio.Task[bytes] | None] = asyncio.Queue()
 
-        async def speak(group: Group) -> bytes:
-            async with running, service.open(SpeechRequest(), door="synth") as speech:
+        seed = self.job.seed
+
+        async def speak(group: Group, index: int) -> bytes:
+            request = SpeechRequest(
+                seed=None if seed is None else utterance_seed(seed, group.text, index)
+            )
+            async with running, service.open(request, door="synth") as speech:
                 pieces = []
                 with contextlib.suppress(NoSpeech):  # a group of symbols only: no audio
                     async for pcm in speech.audio(group.text, fixed_plan=True):
@@ -359,10 +376,12 @@ class _Runner:
                 return b"".join(pieces)
 
         async def feed() -> None:
+            index = 0  # the group's place in what is made: with its text, it seeds its noise
             for part in parts:
                 for group in part.groups:
                     await buffered.acquire()
-                    queue.put_nowait(asyncio.create_task(speak(group), name="synth-group"))
+                    queue.put_nowait(asyncio.create_task(speak(group, index), name="synth-group"))
+                    index += 1
             queue.put_nowait(None)
 
         feeder = asyncio.create_task(feed(), name="synth-feeder")

@@ -18,9 +18,10 @@ import asyncio
 import contextlib
 import time
 from collections.abc import AsyncGenerator, AsyncIterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from ..audio import SAMPLE_WIDTH, fade_out, silence, to_pcm16
+from ..model.noise import utterance_seed
 from ..model.vits import FloatArray, Latent
 from ..runtime.scheduler import Scheduler
 from ..voices.loader import LoadedVoice, SynthParams
@@ -143,11 +144,16 @@ class Synthesizer:
         pacing: Pacing,
     ) -> AsyncGenerator[_Utterance, None]:
         run = self._scheduler.run
+        position = 0
         async for sentence in sentences:
             stats.characters += len(sentence)
             id_lists = await run(voice.phoneme_ids, sentence, urgent=not pacing.started)
             for i, ids in enumerate(id_lists):
-                latent = await run(voice.frontend, ids, params, urgent=not pacing.started)
+                these = params
+                if params.seed is not None:  # seeded from the text and its place in it
+                    these = replace(params, seed=utterance_seed(params.seed, sentence, position))
+                position += 1
+                latent = await run(voice.frontend, ids, these, urgent=not pacing.started)
                 if latent.num_frames > 0:
                     stats.utterances += 1
                     yield _Utterance(latent=latent, starts_sentence=(i == 0))
