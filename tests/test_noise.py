@@ -6,6 +6,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from wyoming_tts.model.noise import SeededFrontend, load_seeded, utterance_seed
 from wyoming_tts.runtime.ort import session_options
@@ -14,14 +15,16 @@ from wyoming_tts.voices.loader import LoadedVoice
 SCALES = (0.667, 1.0, 0.8)
 
 
-def seeded(voice: LoadedVoice, cache_dir: Path) -> SeededFrontend:
-    front = load_seeded(voice.entry.model_path, cache_dir, session_options(1), voice.model.decoder)
-    assert front is not None
-    return front
+@pytest.fixture(scope="module")
+def front(voice: LoadedVoice, cache_dir: Path) -> SeededFrontend:
+    seeded = load_seeded(voice.entry.model_path, cache_dir, session_options(1), voice.model.decoder)
+    assert seeded is not None
+    return seeded
 
 
-def test_same_seed_same_latent_another_seed_another(voice: LoadedVoice, cache_dir: Path) -> None:
-    front = seeded(voice, cache_dir)
+def test_same_seed_same_latent_another_seed_another(
+    voice: LoadedVoice, front: SeededFrontend
+) -> None:
     (ids,) = voice.phoneme_ids("The kettle began to sing.")
     a, b = (front.frontend(ids, SCALES, None, 42) for _ in range(2))
     c = front.frontend(ids, SCALES, None, 43)
@@ -35,9 +38,8 @@ def test_same_seed_same_latent_another_seed_another(voice: LoadedVoice, cache_di
 
 
 def test_an_utterance_longer_than_the_noise_fed_tiles_it(
-    voice: LoadedVoice, cache_dir: Path
+    voice: LoadedVoice, front: SeededFrontend
 ) -> None:
-    front = seeded(voice, cache_dir)
     short = SeededFrontend(
         front._session, [replace(s, per_id=1) for s in front._specs], voice.model.decoder
     )

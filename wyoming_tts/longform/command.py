@@ -171,11 +171,18 @@ def main(argv: Sequence[str]) -> int:
         _LOGGER.warning(warning)
     try:
         job = parse_job(args, settings)
+    except KeyboardInterrupt:  # while reading a big book
+        print(f"{PROG}: interrupted before anything was made", file=sys.stderr)
+        return EXIT_INTERRUPTED
     except InputError as err:
         print(f"{PROG}: {err}", file=sys.stderr)
         return EXIT_BAD_INPUT
     tune_malloc()  # before any worker thread exists
-    return asyncio.run(run(job))
+    try:
+        return asyncio.run(run(job))
+    except KeyboardInterrupt:  # before the loop's own handler was in place
+        print(f"{PROG}: interrupted before anything was made", file=sys.stderr)
+        return EXIT_INTERRUPTED
 
 
 def parse_job(args: argparse.Namespace, settings: Settings) -> Job:
