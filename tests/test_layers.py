@@ -1,4 +1,4 @@
-"""Imports point one way: server -> speech -> synth -> voices -> model -> runtime.
+"""Imports point one way: server, longform -> speech -> synth -> voices -> model -> runtime.
 
 Read from the package's own source with `ast`, so a new upward import fails here
 before a reviewer has to spot it.
@@ -18,6 +18,7 @@ LAYERS = {
     "wyoming_tts.__main__": 6,
     "wyoming_tts.health_check": 6,
     "wyoming_tts.server": 6,
+    "wyoming_tts.longform": 6,
     "wyoming_tts.speech": 5,
     "wyoming_tts.info": 5,
     "wyoming_tts.discovery": 5,

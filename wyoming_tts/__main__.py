@@ -15,6 +15,12 @@ _LOGGER = logging.getLogger("wyoming_tts")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else list(argv)
+    if args[:1] == ["synth"]:
+        # Imported here: the server never pays for the long-form readers (ebooklib, pypdf).
+        from .longform.command import main as synth_main
+
+        return synth_main(args[1:])
     try:
         settings, warnings = load_settings(argv)
     except ConfigError as err:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import time
 from collections.abc import (
@@ -61,6 +62,8 @@ class SpeechRequest:
     language: str | None = None
     length_scale: float | None = None
     """Phoneme length for this request alone (speed = 1 / length_scale)."""
+    seed: int | None = None
+    """Seeds the noise (a seedable voice): the same text and seed, the same audio."""
 
 
 @dataclass(frozen=True)
@@ -111,18 +114,26 @@ class Speech:
         self.format = AudioFormat(rate=voice.sample_rate)
         self.heard_seconds: float | None = None
 
-    async def audio(self, text: TextSource) -> AsyncGenerator[bytes, None]:
+    async def audio(
+        self, text: TextSource, *, fixed_plan: bool = False
+    ) -> AsyncGenerator[bytes, None]:
         """16-bit PCM pieces as they are made; a whole text with nothing to say is `no-speech`.
 
         A streamed text with nothing to say just ends: Home Assistant streams every
-        request, and an empty stream is not a client's mistake.
+        request, and an empty stream is not a client's mistake. ``fixed_plan``: the same
+        samples on every run, for files (`Synthesizer.speak`).
         """
         spoken, delivery = False, self._delivery
         sentences = self._service.sentences(text, delivery.text_cleanup)
         if delivery.rewrite is not None:
             sentences = _rewritten(sentences, delivery.rewrite)
         pieces = self._service.synthesizer.speak(
-            self._voice, delivery.params, sentences, self.stats, delivery.envelope
+            self._voice,
+            delivery.params,
+            sentences,
+            self.stats,
+            delivery.envelope,
+            fixed_plan=fixed_plan,
         )
         started, heard_bytes, made = time.perf_counter(), self._heard_bytes(), 0
         async with contextlib.aclosing(pieces):
@@ -264,6 +275,8 @@ class SpeechService:
             _first(request.length_scale, p.length_scale, settings.length_scale),
             _first(p.noise_w_scale, settings.noise_w_scale),
         )
+        if request.seed is not None:
+            params = dataclasses.replace(params, seed=request.seed)
         envelope = Envelope(
             volume=_or(p.volume, settings.volume),
             sentence_silence=_or(p.sentence_silence, settings.sentence_silence),

@@ -206,25 +206,32 @@ class Resampler:
 FORMATS = ("wav", "pcm", "flac", "mp3", "opus")
 
 
+def soundfile_format(name: str, rate: int) -> tuple[int, dict[str, Any]]:
+    """(output rate, soundfile options) of a compressed format: the HTTP door's and the
+    `synth` command's files are encoded alike."""
+    if name == "flac":
+        return rate, {"format": "FLAC", "subtype": "PCM_16"}
+    if name == "mp3":
+        return rate, {
+            "format": "MP3",
+            "subtype": "MPEG_LAYER_III",
+            "bitrate_mode": "CONSTANT",
+            "compression_level": MP3_COMPRESSION,
+        }
+    if name == "opus":
+        out_rate = next((r for r in OPUS_RATES if r >= rate), OPUS_RATES[-1])
+        return out_rate, {"format": "OGG", "subtype": "OPUS"}
+    raise ValueError(f"unknown format {name!r}")
+
+
 def encoder_for(name: str, rate: int) -> Encoder:
     """A fresh encoder of format `name` (one of FORMATS) for audio at `rate`."""
     if name == "wav":
         return RawEncoder("audio/wav", wav_header(rate))
     if name == "pcm":
         return RawEncoder("audio/pcm")
-    if name == "flac":
-        return SoundfileEncoder("audio/flac", rate, rate, format="FLAC", subtype="PCM_16")
-    if name == "mp3":
-        return SoundfileEncoder(
-            "audio/mpeg",
-            rate,
-            rate,
-            format="MP3",
-            subtype="MPEG_LAYER_III",
-            bitrate_mode="CONSTANT",
-            compression_level=MP3_COMPRESSION,
-        )
-    if name == "opus":
-        out_rate = next((r for r in OPUS_RATES if r >= rate), OPUS_RATES[-1])
-        return SoundfileEncoder("audio/ogg", rate, out_rate, format="OGG", subtype="OPUS")
-    raise ValueError(f"unknown format {name!r}")
+    media_types = {"flac": "audio/flac", "mp3": "audio/mpeg", "opus": "audio/ogg"}
+    if name not in media_types:
+        raise ValueError(f"unknown format {name!r}")
+    out_rate, options = soundfile_format(name, rate)
+    return SoundfileEncoder(media_types[name], rate, out_rate, **options)

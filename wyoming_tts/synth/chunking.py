@@ -61,6 +61,18 @@ def plan_chunk(
     return min(end, total)
 
 
+def fixed_chunk(start: int, total: int, *, margin: int) -> int:
+    """End frame of the chunk at ``start`` in a plan that ignores time and load.
+
+    For files, not listeners: the same frames are decoded the same way on every run, so
+    the samples are too (the paced plan's seams move with timing, a few LSB apart).
+    """
+    if total - start <= MAX_CHUNK_FRAMES + 2 * margin:
+        return total
+    end = start + MAX_CHUNK_FRAMES
+    return total if total - end < FIRST_CHUNK_FRAMES else end
+
+
 def next_frame_cost(cost: float, seconds: float, frames: int) -> float:
     """Moving estimate of decoder seconds per frame, from one timed decode."""
     return 0.5 * cost + 0.5 * (seconds / max(1, frames))

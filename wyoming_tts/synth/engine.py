@@ -18,13 +18,14 @@ import asyncio
 import contextlib
 import time
 from collections.abc import AsyncGenerator, AsyncIterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from ..audio import SAMPLE_WIDTH, fade_in, fade_out, silence, to_pcm16
+from ..model.noise import utterance_seed
 from ..model.vits import FloatArray, Latent
 from ..runtime.scheduler import Scheduler
 from ..voices.loader import LoadedVoice, SynthParams
-from .chunking import INITIAL_FRAME_COST, Pacing, plan_chunk
+from .chunking import INITIAL_FRAME_COST, Pacing, fixed_chunk, plan_chunk
 from .phrases import PhraseCache
 
 
@@ -88,8 +89,14 @@ class Synthesizer:
         sentences: AsyncIterable[str],
         stats: SpeechStats,
         envelope: Envelope = Envelope(),
+        *,
+        fixed_plan: bool = False,
     ) -> AsyncGenerator[bytes, None]:
-        """16-bit PCM of every sentence, a piece per decoded chunk, filling ``stats``."""
+        """16-bit PCM of every sentence, a piece per decoded chunk, filling ``stats``.
+
+        ``fixed_plan`` decodes by `chunking.fixed_chunk` instead of pacing: the same
+        samples on every run (long-form files), with no early first chunk.
+        """
         started, rate = time.perf_counter(), voice.sample_rate
         pacing = Pacing(frame_cost=voice.frame_seconds or INITIAL_FRAME_COST)
         gain = voice.gain * envelope.volume
@@ -103,7 +110,7 @@ class Synthesizer:
                 if utterance.starts_sentence:
                     sentence_pcm.clear()
                 prefix = gap if utterance.starts_sentence else b""
-                pieces = self._pieces(voice, utterance, gain, pacing, stats)
+                pieces = self._pieces(voice, utterance, gain, pacing, stats, fixed_plan)
                 async with contextlib.aclosing(pieces):
                     async for speech in pieces:
                         if utterance.key is not None:
@@ -140,35 +147,44 @@ class Synthesizer:
         gain: float,
         pacing: Pacing,
         stats: SpeechStats,
+        fixed_plan: bool,
     ) -> AsyncGenerator[bytes, None]:
         """One utterance's PCM: the cached sentence at once, else decoded chunk by chunk."""
         if utterance.latent is None:
             yield utterance.cached or b""
             return
-        chunks = self._chunks(voice, utterance.latent, pacing, stats)
+        chunks = self._chunks(voice, utterance.latent, pacing, stats, fixed_plan)
         async with contextlib.aclosing(chunks):
             async for audio in chunks:
                 yield to_pcm16(audio, gain)
 
     async def _chunks(
-        self, voice: LoadedVoice, latent: Latent, pacing: Pacing, stats: SpeechStats
+        self,
+        voice: LoadedVoice,
+        latent: Latent,
+        pacing: Pacing,
+        stats: SpeechStats,
+        fixed_plan: bool = False,
     ) -> AsyncGenerator[FloatArray, None]:
         """One utterance's audio in chunks planned from the playback ahead of the listener."""
         model, run = voice.model, self._scheduler.run
         start, total = 0, latent.num_frames
         while start < total:
             urgent = pacing.starving()
-            if pacing.started and model.needs_flow(latent):
+            if (pacing.started or fixed_plan) and model.needs_flow(latent):
                 # From now on each chunk of this utterance costs only the vocoder.
                 latent = await run(model.with_flow, latent, start, urgent=urgent)
-            end = plan_chunk(
-                start,
-                total,
-                ahead=pacing.ahead(),
-                frame_cost=pacing.frame_cost,
-                margin=model.margin,
-                requests_in_flight=self._scheduler.active_requests,
-            )
+            if fixed_plan:
+                end = fixed_chunk(start, total, margin=model.margin)
+            else:
+                end = plan_chunk(
+                    start,
+                    total,
+                    ahead=pacing.ahead(),
+                    frame_cost=pacing.frame_cost,
+                    margin=model.margin,
+                    requests_in_flight=self._scheduler.active_requests,
+                )
             began = time.perf_counter()
             audio = await run(model.decode, latent, start, end, urgent=urgent)
             decoded = min(total, end + model.margin) - max(0, start - model.margin)
@@ -188,7 +204,9 @@ class Synthesizer:
         pacing: Pacing,
     ) -> AsyncGenerator[_Utterance, None]:
         run, phrases = self._scheduler.run, self.phrases
-        n = 0
+        if params.seed is not None:
+            phrases = None  # seeded noise differs by position, so a repeat is other audio
+        n = position = 0
         async for sentence in sentences:
             stats.characters += len(sentence)
             n += 1
@@ -204,7 +222,11 @@ class Synthesizer:
                 stats.phrase_misses += 1
             id_lists = await run(voice.phoneme_ids, sentence, urgent=not pacing.started)
             for i, ids in enumerate(id_lists):
-                latent = await run(voice.frontend, ids, params, urgent=not pacing.started)
+                these = params
+                if params.seed is not None:  # seeded from the text and its place in it
+                    these = replace(params, seed=utterance_seed(params.seed, sentence, position))
+                position += 1
+                latent = await run(voice.frontend, ids, these, urgent=not pacing.started)
                 if latent.num_frames > 0:
                     stats.utterances += 1
                     last = i == len(id_lists) - 1

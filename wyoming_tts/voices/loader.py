@@ -18,6 +18,7 @@ from piper.config import PiperConfig
 from piper.voice import PiperVoice
 
 from ..errors import NoSpeech, VoiceLoadFailed
+from ..model.noise import SeededFrontend, load_seeded
 from ..model.vits import Latent, VitsModel
 from ..runtime.ort import session_options
 from .catalog import VoiceEntry
@@ -46,6 +47,8 @@ class LoadOptions:
     cache_dir: Path
     intra_op_threads: int = 1
     keep_decoder_memory: bool = False
+    seedable: bool = False
+    """Also load a frontend whose noise is seeded per utterance (`model.noise`)."""
 
 
 @dataclass(frozen=True)
@@ -56,6 +59,8 @@ class SynthParams:
     length_scale: float
     noise_w_scale: float
     speaker_id: int | None
+    seed: int | None = None
+    """Seeds this utterance's noise (a seedable voice); None: onnxruntime's own noise."""
 
     @property
     def scales(self) -> tuple[float, float, float]:
@@ -75,6 +80,8 @@ class LoadedVoice:
     frame_seconds: float = 0.0
     """Decoder seconds per frame over whole utterances, measured at warm-up: the engine's
     first guess for sizing chunks."""
+    seeded: SeededFrontend | None = None
+    """The frontend with fed noise, for `SynthParams.seed` (`LoadOptions.seedable`)."""
 
     @property
     def name(self) -> str:
@@ -125,6 +132,8 @@ class LoadedVoice:
         return utterances
 
     def frontend(self, ids: Sequence[int], params: SynthParams) -> Latent:
+        if params.seed is not None and self.seeded is not None:
+            return self.seeded.frontend(ids, params.scales, params.speaker_id, params.seed)
         return self.model.frontend(ids, params.scales, params.speaker_id)
 
     def speak_blocking(
@@ -203,14 +212,26 @@ def load_voice(entry: VoiceEntry, options: LoadOptions) -> LoadedVoice:
             keep_decoder_memory=options.keep_decoder_memory,
         )
         phonemizer = PiperVoice(session=None, config=config)
+        seeded = (
+            load_seeded(
+                entry.model_path,
+                options.cache_dir,
+                session_options(options.intra_op_threads),
+                model.decoder,
+            )
+            if options.seedable
+            else None
+        )
     except Exception as err:
         _LOGGER.debug("Load of %s failed", entry.name, exc_info=True)
         raise VoiceLoadFailed(f"Voice '{entry.name}' could not be loaded: {_reason(err)}") from err
-    voice = LoadedVoice(entry=entry, model=model, phonemizer=phonemizer)
+    voice = LoadedVoice(entry=entry, model=model, phonemizer=phonemizer, seeded=seeded)
     costs: list[float] = []
     max_ids = MAX_UTTERANCE_IDS
     try:
-        params = voice.params(None, None, None, None)
+        # Noise off: the gain is then the same at every load, so a text's audio is too
+        # (`wyoming-tts synth` files are byte-identical from run to run).
+        params = voice.params(None, 0.0, None, 0.0)
         peaks = [
             float(np.max(np.abs(a)))
             for a in voice.speak_blocking(CALIBRATION_TEXT, params, max_ids, costs)
