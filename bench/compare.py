@@ -94,6 +94,10 @@ def specs(opts: Options, voice_dir: Path, cache_dir: Path) -> tuple[ServerSpec, 
             DEFAULT_VOICE,
             "--cache-dir",
             str(cache_dir),
+            # Every text is asked for again each round: without this, ours would answer
+            # the repeats from its phrase cache (bench/phrases.py measures that alone).
+            "--phrase-cache-mb",
+            "0",
             *opts.ours_args,
         ],
     )

@@ -14,10 +14,10 @@ import pytest
 from piper.config import SynthesisConfig
 from piper.voice import PiperVoice
 
-from wyoming_tts.audio import fade_out, to_pcm16
+from wyoming_tts.audio import fade_in, fade_out, to_pcm16
 from wyoming_tts.runtime.scheduler import Scheduler
 from wyoming_tts.synth import chunking
-from wyoming_tts.synth.engine import SpeechStats, Synthesizer
+from wyoming_tts.synth.engine import Envelope, SpeechStats, Synthesizer
 from wyoming_tts.voices.loader import LoadedVoice
 
 from .conftest import rms_dbfs
@@ -55,8 +55,9 @@ async def speak(
             stack.enter_context(mock.patch.object(chunking, "MAX_CHUNK_FRAMES", max_chunk_frames))
             for _ in range(in_flight):
                 stack.enter_context(scheduler.request())
-            engine = Synthesizer(scheduler, sentence_silence)
-            async for pcm in engine.speak(voice, params, iterate(sentences), stats):
+            engine = Synthesizer(scheduler)
+            envelope = Envelope(sentence_silence=sentence_silence)
+            async for pcm in engine.speak(voice, params, iterate(sentences), stats, envelope):
                 pieces.append(pcm)
     finally:
         await asyncio.to_thread(scheduler.shutdown)
@@ -79,6 +80,7 @@ async def test_chunked_stream_equals_whole_decode(voice: LoadedVoice) -> None:
             latent = voice.frontend(ids, params)
             audio = voice.model.decode(latent, 0, latent.num_frames)
             expected += to_pcm16(fade_out(audio, voice.sample_rate), voice.gain)
+    expected = fade_in(expected, voice.sample_rate)  # the reply's start, as the engine does
     a = np.frombuffer(got, dtype="<i2").astype(np.int32)
     b = np.frombuffer(expected, dtype="<i2").astype(np.int32)
     assert a.shape == b.shape

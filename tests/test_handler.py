@@ -182,14 +182,14 @@ async def test_exception_in_one_synthesis_fails_only_that_request(
     synthesizer = server.app.synthesizer
     real_speak = synthesizer.speak
 
-    def flaky_speak(voice, params, sentences, stats):  # type: ignore[no-untyped-def]
+    def flaky_speak(voice, params, sentences, stats, envelope):  # type: ignore[no-untyped-def]
         async def checked():  # type: ignore[no-untyped-def]
             async for sentence in sentences:
                 if "explode" in sentence:
                     raise RuntimeError("simulated bug")
                 yield sentence
 
-        return real_speak(voice, params, checked(), stats)
+        return real_speak(voice, params, checked(), stats, envelope)
 
     monkeypatch.setattr(synthesizer, "speak", flaky_speak)
     async with connect(server.uri) as bad, connect(server.uri) as good:

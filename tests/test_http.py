@@ -681,6 +681,9 @@ async def test_metrics_count_both_doors_and_read_the_pool(http_server: Server) -
     assert metric(text, "wyoming_tts_http_responses_total", route="/api/tts", status="400") >= 1
     assert metric(text, "wyoming_tts_active_requests") == 0
     assert metric(text, "wyoming_tts_queue_depth") == 0
+    # SHORT was spoken twice: the second time from the phrase cache.
+    assert metric(text, "wyoming_tts_phrase_cache_total", result="hit") >= 1
+    assert metric(text, "wyoming_tts_phrase_cache_total", result="miss") >= 1
     assert metric(text, "wyoming_tts_voice_loads_total") >= 1
     assert metric(text, "wyoming_tts_voice_load_seconds_total") > 0
     assert metric(text, "wyoming_tts_voice_pool_hits_total") >= 2

@@ -28,7 +28,9 @@ PLAIN = (
 
 @pytest.fixture(scope="module")
 async def quiet_server(cache_dir: Path) -> AsyncIterator[Server]:
+    # No phrase cache: each reply is synthesized, so equal audio means equal speech.
     args = ("--cache-dir", str(cache_dir), "--noise-scale", "0", "--noise-w-scale", "0")
+    args += ("--phrase-cache-mb", "0")
     async with run_server(*args) as srv:
         yield srv
 

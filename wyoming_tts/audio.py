@@ -23,6 +23,8 @@ LIMITER_KNEE = 0.9
 LIMITER_CEILING = 0.99
 #: Seconds of fade-out at the end of an utterance, against a click if it ends off zero.
 END_FADE_SECONDS = 0.004
+#: Seconds of fade-in at the start of a reply, against a pop as a speaker's output opens.
+START_FADE_SECONDS = 0.005
 
 
 def soft_limit(audio: np.ndarray, knee: float = LIMITER_KNEE) -> np.ndarray:
@@ -49,6 +51,16 @@ def fade_out(audio: np.ndarray, sample_rate: int) -> np.ndarray:
     out = audio.copy()
     out[-n:] *= np.linspace(1.0, 0.0, n, dtype=np.float32)
     return out
+
+
+def fade_in(pcm: bytes, sample_rate: int) -> bytes:
+    """16-bit PCM with its first few ms ramped up from zero."""
+    samples = np.frombuffer(pcm, dtype="<i2")
+    n = min(len(samples), int(sample_rate * START_FADE_SECONDS))
+    if n <= 1:
+        return pcm
+    head = np.round(samples[:n] * np.linspace(0.0, 1.0, n, dtype=np.float32)).astype("<i2")
+    return head.tobytes() + pcm[n * SAMPLE_WIDTH :]
 
 
 def silence(seconds: float, sample_rate: int) -> bytes:

@@ -24,6 +24,15 @@ from urllib.parse import urlsplit
 import psutil
 
 from . import __version__
+from .presets import (
+    MAX_SILENCE,
+    Preset,
+    PresetError,
+    merge,
+    parse_volume,
+    preset_from_table,
+    presets_from_text,
+)
 
 ENV_PREFIX = "WYOMING_TTS_"
 DEFAULT_CONFIG_PATH = Path("config/wyoming-tts.toml")
@@ -93,6 +102,10 @@ def _opt(default: Any, doc: str, *, group: str, **extra: Any) -> Any:
     return field(default=default, metadata={"doc": doc, "group": group, **extra})
 
 
+#: Settings whose file value is a table of their own, not a group of flat keys.
+TABLE_SETTINGS = ("presets", "default_voice_per_language")
+
+
 @dataclass(frozen=True)
 class Settings:
     """Everything the server can be told; nothing deeper reads argv or os.environ."""
@@ -152,6 +165,23 @@ class Settings:
         "Voices loaded at start besides the default one (comma list): memory up front for "
         "no load on their first request.",
         group="voices",
+    )
+    presets: tuple[Preset, ...] = _opt(
+        (),
+        "Named voices that are an installed voice spoken another way, listed in HA's voice "
+        "picker: `[presets.NAME]` tables, or repeatable `--preset NAME=VOICE[:key=value,...]` "
+        "(keys in the README's presets section).",
+        group="voices",
+        cli="--preset",
+    )
+    default_voice_per_language: Mapping[str, str] = field(
+        default_factory=dict,
+        metadata={
+            "doc": "Voice (or preset) for a request that names only a language: a "
+            "`[default_voice_per_language]` table, or repeatable `--default-voice-per-language "
+            "LANG=VOICE`.",
+            "group": "voices",
+        },
     )
     cache_dir: Path | None = _opt(
         None,
@@ -222,6 +252,33 @@ class Settings:
     )
     sentence_silence: float = _opt(
         0.0, "Seconds of silence inserted between sentences.", group="synthesis"
+    )
+    volume: float = _opt(
+        1.0,
+        'Loudness as a factor or in dB ("-6dB"), applied before the limiter so nothing clips.',
+        group="synthesis",
+    )
+    lead_in: float = _opt(
+        0.0,
+        "Seconds of silence before a reply, so cast and Bluetooth speakers that wake on "
+        "sound do not clip the first word (about 0.2).",
+        group="synthesis",
+    )
+    tail: float = _opt(
+        0.0,
+        "Seconds of silence after a reply, for speakers that cut its last word.",
+        group="synthesis",
+    )
+    lexicon: Path | None = _opt(
+        None,
+        'TOML file of pronunciations per language (`[en]` `nginx = "engine x"`, or '
+        "phonemes in `[[ ]]`), applied to words before phonemization.",
+        group="synthesis",
+    )
+    phrase_cache_mb: int = _opt(
+        32,
+        "MB of finished sentences' audio kept for repeats (announcements answer at once); 0: off.",
+        group="synthesis",
     )
     samples_per_chunk: int = _opt(
         1024, "Samples per `audio-chunk` event (as in wyoming-piper).", group="synthesis"
@@ -338,6 +395,9 @@ class Settings:
             "keep_alive_interval",
             "sentence_silence",
             "max_queue",
+            "lead_in",
+            "tail",
+            "phrase_cache_mb",
         )
         for key in non_negative:
             if getattr(self, key) < 0:
@@ -352,6 +412,23 @@ class Settings:
                 raise ConfigError(f"{key}: must be between 0 and 10, got {value!r}")
         if self.length_scale is not None and self.length_scale == 0:
             raise ConfigError("length_scale: must be greater than 0")
+        for key in ("sentence_silence", "lead_in", "tail"):
+            if getattr(self, key) > MAX_SILENCE:
+                raise ConfigError(
+                    f"{key}: at most {MAX_SILENCE:g} seconds, got {getattr(self, key)!r}"
+                )
+        try:
+            parse_volume(self.volume, "volume")
+        except PresetError as err:
+            raise ConfigError(str(err)) from None
+        names = [p.name for p in self.presets]
+        if len(set(names)) != len(names):
+            raise ConfigError("presets: two presets have the same name")
+        for language, name in self.default_voice_per_language.items():
+            if not language or not name:
+                raise ConfigError(
+                    f"default_voice_per_language: {language!r} = {name!r} is incomplete"
+                )
         if self.zeroconf is not None and endpoint.scheme != "tcp":
             raise ConfigError("zeroconf: needs a tcp:// uri")
         if self.pin_preloaded and len(self.preload_voices) > self.max_voices:
@@ -392,6 +469,12 @@ def _base_type(tp: Any) -> tuple[Any, bool]:
 
 
 def _coerce(key: str, value: Any, tp: Any, *, from_text: bool) -> Any:
+    special = _SPECIAL.get(key)
+    if special is not None:
+        try:
+            return special(value, from_text)
+        except PresetError as err:
+            raise ConfigError(str(err)) from None
     inner, optional = _base_type(tp)
     if optional and (value is None or (from_text and value == "")):
         return None
@@ -443,6 +526,42 @@ def _coerce(key: str, value: Any, tp: Any, *, from_text: bool) -> Any:
     raise ConfigError(f"{key}: unsupported type")  # pragma: no cover
 
 
+def _presets(value: Any, from_text: bool) -> tuple[Preset, ...]:
+    if from_text:
+        return presets_from_text(str(value))
+    if not isinstance(value, dict):
+        raise ConfigError("presets: expected [presets.NAME] tables")
+    for name, table in value.items():
+        if not isinstance(table, dict):
+            raise ConfigError(f"preset {name}: expected a [presets.{name}] table")
+    return tuple(preset_from_table(name, table) for name, table in value.items())
+
+
+def _languages(value: Any, from_text: bool) -> dict[str, str]:
+    """`{"de": "de_DE-thorsten-medium"}`; from text, `de=VOICE,fr=VOICE`."""
+    key = "default_voice_per_language"
+    if from_text:
+        pairs = [item.partition("=") for item in str(value).split(",") if item.strip()]
+        if any(not sep for _lang, sep, _voice in pairs):
+            raise ConfigError(f"{key}: expected LANG=VOICE items, got {value!r}")
+        value = {lang.strip(): voice.strip() for lang, _sep, voice in pairs}
+    if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()):
+        raise ConfigError(f'{key}: expected a table of language = "voice"')
+    return {str(lang): voice.removesuffix(".onnx") for lang, voice in value.items()}
+
+
+def _volume(value: Any, from_text: bool) -> float:
+    return parse_volume(value, "volume")
+
+
+#: Settings read by their own parser rather than by their type.
+_SPECIAL: dict[str, Any] = {
+    "presets": _presets,
+    "default_voice_per_language": _languages,
+    "volume": _volume,
+}
+
+
 def settings_fields() -> list[dataclasses.Field[Any]]:
     return list(dataclasses.fields(Settings))
 
@@ -460,7 +579,7 @@ def load_file(path: Path, warnings: list[str] | None = None) -> dict[str, Any]:
         raise ConfigError(f"config: {path} is not valid TOML ({err})") from None
     flat: dict[str, Any] = {}
     for key, value in raw.items():
-        if isinstance(value, dict):
+        if isinstance(value, dict) and key not in TABLE_SETTINGS:
             flat.update(value)
         else:
             flat[key] = value
@@ -511,6 +630,9 @@ def build_parser() -> argparse.ArgumentParser:
             parser.add_argument(
                 "--data-dir", dest="data_dirs", action="append", type=Path, help=doc
             )
+        elif f.name in TABLE_SETTINGS:
+            flag = f.metadata.get("cli") or "--" + f.name.replace("_", "-")
+            parser.add_argument(flag, dest=f.name, action="append", metavar="VALUE", help=doc)
         elif f.name == "streaming":
             parser.add_argument(
                 "--no-streaming", dest="streaming", action="store_const", const=False, help=doc
@@ -579,17 +701,29 @@ def load_settings(
     elif DEFAULT_CONFIG_PATH.is_file():
         values.update(load_file(DEFAULT_CONFIG_PATH, warnings))
 
-    values.update(load_env(environ, warnings))
-
+    layers = [values, load_env(environ, warnings)]
+    cli: dict[str, Any] = {}
     types_ = _field_types()
     for key, value in namespace.items():
         if key == "data_dirs":
-            values[key] = tuple(value)
+            cli[key] = tuple(value)
+        elif key in TABLE_SETTINGS:
+            separator = ";" if key == "presets" else ","
+            cli[key] = _coerce(key, separator.join(value), types_[key], from_text=True)
         elif isinstance(value, bool):
-            values[key] = value
+            cli[key] = value
         else:
-            values[key] = _coerce(key, value, types_[key], from_text=True)
+            cli[key] = _coerce(key, value, types_[key], from_text=True)
+    layers.append(cli)
 
+    values = {}
+    for layer in layers:
+        values.update(layer)
+    # Tables merge by name across the layers, so a flag adds a preset to the file's.
+    values["presets"] = merge(*(layer.get("presets", ()) for layer in layers))
+    values["default_voice_per_language"] = {
+        lang: voice for layer in layers for lang, voice in layer.get(TABLE_SETTINGS[1], {}).items()
+    }
     settings = Settings(**values)
     settings.validate()
     return settings, warnings

@@ -7,6 +7,7 @@ code cannot go undocumented. `script/gen-docs` rewrites them.
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 import typing
 from pathlib import Path
@@ -29,6 +30,8 @@ def _toml_value(value: Any) -> str:
         return "true" if value else "false"
     if isinstance(value, (int, float)):
         return repr(value)
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{k} = {_toml_value(v)}" for k, v in value.items()) + "}"
     if isinstance(value, (tuple, list)):
         return "[" + ", ".join(_toml_value(v) for v in value) + "]"
     if isinstance(value, Path):
@@ -42,7 +45,28 @@ def _cli_flag(name: str) -> str:
         "data_dirs": "--data-dir",
         "streaming": "--no-streaming",
         "zeroconf": "--zeroconf [NAME]",
+        "presets": "--preset NAME=VOICE[:key=value,...]",
+        "default_voice_per_language": "--default-voice-per-language LANG=VOICE",
     }.get(name, "--" + name.replace("_", "-"))
+
+
+#: How the table-valued settings look in the config file (they are tables, not keys).
+_TABLE_EXAMPLES = {
+    "presets": [
+        "[presets.kitchen-slow]",
+        'voice = "en_US-joe-medium"',
+        "speed = 0.8",
+        'volume = "-3dB"',
+        "lead_in = 0.2",
+    ],
+    "default_voice_per_language": ["[default_voice_per_language]", 'de = "de_DE-thorsten-medium"'],
+}
+
+
+def _default(f: dataclasses.Field[Any]) -> Any:
+    if f.default is dataclasses.MISSING and f.default_factory is not dataclasses.MISSING:
+        return f.default_factory()
+    return f.default
 
 
 def render_config() -> str:
@@ -57,7 +81,21 @@ def render_config() -> str:
     ]
     hints = typing.get_type_hints(Settings)
     group = None
-    for f in settings_fields():
+    # Table settings go last: a table header ends the group above it.
+    fields = sorted(settings_fields(), key=lambda f: f.name in _TABLE_EXAMPLES)
+    for f in fields:
+        if f.name in _TABLE_EXAMPLES:
+            if group != "tables":
+                group = "tables"
+                lines += [
+                    "",
+                    "# Tables of their own, after every group (a header ends the table above).",
+                ]
+            lines.append("")
+            lines += [f"# {chunk}" for chunk in _wrap(f.metadata["doc"], 76)]
+            lines.append(f"# env {ENV_PREFIX}{f.name.upper()}, flag {_cli_flag(f.name)}")
+            lines += [f"# {line}" for line in _TABLE_EXAMPLES[f.name]]
+            continue
         if f.metadata["group"] != group:
             group = f.metadata["group"]
             lines += ["", f"[{group}]  # {GROUP_TITLES[group]}"]
@@ -81,7 +119,8 @@ def render_table() -> str:
         "|---|---|---|---|---|",
     ]
     for f in settings_fields():
-        default = "unset" if f.default is None else f"`{_toml_value(f.default)}`"
+        value = _default(f)
+        default = "unset" if value is None else f"`{_toml_value(value)}`"
         doc = f.metadata["doc"].replace("|", "\\|")
         rows.append(
             f"| `{f.name}` | `{_cli_flag(f.name)}` | `{ENV_PREFIX}{f.name.upper()}` "

@@ -56,6 +56,12 @@ class Metrics:
             "Synthesis time over audio time per reply (lower is faster).",
             RTF_BUCKETS,
         )
+        self._phrases = Counter(
+            f"{PREFIX}_phrase_cache",
+            "Sentences looked up in the phrase cache, by result (hit: answered at once).",
+            ("result",),
+            registry=self.registry,
+        )
         self._http = Counter(
             f"{PREFIX}_http_responses",
             "HTTP door responses by route and status.",
@@ -75,6 +81,10 @@ class Metrics:
             self._heard.labels(door).observe(finished.heard_seconds)
         if stats.audio_seconds > 0:
             self._rtf.labels(door).observe(stats.real_time_factor)
+        if stats.phrase_hits:
+            self._phrases.labels("hit").inc(stats.phrase_hits)
+        if stats.phrase_misses:
+            self._phrases.labels("miss").inc(stats.phrase_misses)
 
     def http_response(self, route: str, status: int) -> None:
         self._http.labels(route, str(status)).inc()

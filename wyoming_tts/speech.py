@@ -13,15 +13,24 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Callable, Iterator
+from collections.abc import (
+    AsyncGenerator,
+    AsyncIterable,
+    AsyncIterator,
+    Callable,
+    Iterator,
+    Mapping,
+)
 from dataclasses import dataclass
 
 from .audio import CHANNELS, SAMPLE_WIDTH
 from .config import Settings
 from .errors import Busy, EmptyText, InternalError, NoSpeech, TextTooLong, TtsError, VoiceNotFound
+from .presets import Preset, PresetError
 from .runtime.scheduler import Scheduler
 from .synth.cleanup import Cleaner, clean_text
-from .synth.engine import SpeechStats, Synthesizer
+from .synth.engine import Envelope, SpeechStats, Synthesizer
+from .synth.lexicon import Lexicon
 from .synth.text import SentenceSplitter, add_punctuation, iter_sentences, normalize
 from .voices.catalog import VoiceEntry
 from .voices.loader import LoadedVoice, SynthParams
@@ -64,6 +73,17 @@ class AudioFormat:
 
 
 @dataclass(frozen=True)
+class Delivery:
+    """How one request is spoken, resolved from the request, its preset and the settings."""
+
+    params: SynthParams
+    envelope: Envelope
+    text_cleanup: bool
+    rewrite: Callable[[str], str] | None = None
+    """The lexicon's pronunciations for the voice's language, if it has any."""
+
+
+@dataclass(frozen=True)
 class Finished:
     """One request once it has ended, for whoever counts requests (metrics)."""
 
@@ -82,11 +102,11 @@ class Speech:
     """One admitted request with its voice held: the format is known before any audio."""
 
     def __init__(
-        self, service: SpeechService, voice: LoadedVoice, params: SynthParams, stats: SpeechStats
+        self, service: SpeechService, voice: LoadedVoice, delivery: Delivery, stats: SpeechStats
     ) -> None:
         self._service = service
         self._voice = voice
-        self._params = params
+        self._delivery = delivery
         self.stats = stats
         self.format = AudioFormat(rate=voice.sample_rate)
         self.heard_seconds: float | None = None
@@ -97,9 +117,13 @@ class Speech:
         A streamed text with nothing to say just ends: Home Assistant streams every
         request, and an empty stream is not a client's mistake.
         """
-        spoken = False
-        sentences = self._service.sentences(text)
-        pieces = self._service.synthesizer.speak(self._voice, self._params, sentences, self.stats)
+        spoken, delivery = False, self._delivery
+        sentences = self._service.sentences(text, delivery.text_cleanup)
+        if delivery.rewrite is not None:
+            sentences = _rewritten(sentences, delivery.rewrite)
+        pieces = self._service.synthesizer.speak(
+            self._voice, delivery.params, sentences, self.stats, delivery.envelope
+        )
         started, heard_bytes, made = time.perf_counter(), self._heard_bytes(), 0
         async with contextlib.aclosing(pieces):
             async for pcm in pieces:
@@ -136,6 +160,34 @@ class SpeechService:
         self._max_in_flight = settings.effective_workers + settings.max_queue
         #: Voices already warned about a missing speaker (at most the installed voices).
         self._warned_speakers: set[str] = set()
+        self.presets = {preset.name: preset for preset in settings.presets}
+        self._lexicon: Lexicon | None = None
+
+    async def prepare(self) -> None:
+        """Check presets and language routes against the installed voices; read the lexicon.
+
+        Raises PresetError or LexiconError, one line naming what is wrong, so a broken
+        setting stops start-up rather than failing the requests that use it.
+        """
+        entries = await self.pool.entries(force=True)
+        for preset in self.presets.values():
+            _check_preset(preset, entries)
+        for language, name in self.settings.default_voice_per_language.items():
+            if name not in entries and name not in self.presets:
+                raise PresetError(
+                    f"default_voice_per_language: {language}: no installed voice or preset {name!r}"
+                )
+        if self.settings.lexicon is not None:
+            self._lexicon = await asyncio.to_thread(Lexicon.load, self.settings.lexicon)
+
+    def base_voice(self, name: str) -> str:
+        """The installed voice a voice or preset name speaks with."""
+        preset = self.presets.get(name)
+        return preset.voice if preset is not None else name
+
+    def preload_voices(self) -> tuple[str, ...]:
+        """The installed voices to prime: the default (or its preset's base) and `preload`."""
+        return tuple(dict.fromkeys(self.base_voice(n) for n in self.settings.preload_voices))
 
     # ------------------------------------------------------------------ limits
 
@@ -170,16 +222,10 @@ class SpeechService:
         try:
             with self._admit():
                 name = await self._voice_name(request)
-                async with self.pool.acquire(name) as voice:
-                    settings = self.settings
-                    length_scale = request.length_scale or settings.length_scale
-                    params = voice.params(
-                        self._speaker_id(voice, request.speaker),
-                        settings.noise_scale,
-                        length_scale,
-                        settings.noise_w_scale,
-                    )
-                    speech = Speech(self, voice, params, stats)
+                preset = self.presets.get(name)
+                async with self.pool.acquire(self.base_voice(name)) as voice:
+                    delivery = self._delivery(voice, name, preset, request)
+                    speech = Speech(self, voice, delivery, stats)
                     yield speech
         except TtsError as err:
             outcome = err.code
@@ -201,6 +247,31 @@ class SpeechService:
                 heard = speech.heard_seconds if speech is not None else None
                 self._observer(Finished(door, outcome, stats, heard))
 
+    def _delivery(
+        self, voice: LoadedVoice, name: str, preset: Preset | None, request: SpeechRequest
+    ) -> Delivery:
+        """The request's own values first, then its preset's, then the settings'."""
+        settings = self.settings
+        p = preset or Preset(name=name, voice=voice.name)
+        speaker = p.speaker or request.speaker
+        if speaker is None and name == settings.voice:
+            speaker = settings.speaker
+        params = voice.params(
+            self._speaker_id(voice, speaker),
+            _first(p.noise_scale, settings.noise_scale),
+            _first(request.length_scale, p.length_scale, settings.length_scale),
+            _first(p.noise_w_scale, settings.noise_w_scale),
+        )
+        envelope = Envelope(
+            volume=_or(p.volume, settings.volume),
+            sentence_silence=_or(p.sentence_silence, settings.sentence_silence),
+            lead_in=_or(p.lead_in, settings.lead_in),
+            tail=_or(p.tail, settings.tail),
+        )
+        rewrite = self._lexicon.for_language(voice.entry.info.language) if self._lexicon else None
+        cleanup = settings.text_cleanup if p.text_cleanup is None else p.text_cleanup
+        return Delivery(params, envelope, cleanup, rewrite)
+
     def _speaker_id(self, voice: LoadedVoice, speaker: str | None) -> int | None:
         """The speaker asked for, else the voice's default: a wrong speaker still speaks.
 
@@ -209,8 +280,6 @@ class SpeechService:
         wyoming-piper does), with one warning per voice naming the speakers it has.
         """
         info = voice.entry.info
-        if speaker is None and voice.name == self.settings.voice:
-            speaker = self.settings.speaker
         if not speaker:
             return None
         if info.num_speakers <= 1:
@@ -240,37 +309,47 @@ class SpeechService:
             yield
 
     async def _voice_name(self, request: SpeechRequest) -> str:
-        """The voice named, else the default voice if it speaks the language, else any that does."""
+        """The voice (or preset) named, else one for the language, else the default.
+
+        For a language: its `default_voice_per_language` route, then the default voice
+        if it speaks it, then any voice of that language and region, then any of that
+        language ("en-GB" is spoken by an en_US voice rather than refused).
+        """
         if request.voice:
             return request.voice
         if not request.language:
             return self.settings.voice
+        wanted = _language(request.language)
+        base = wanted.split("_")[0]
+        routes = {_language(k): v for k, v in self.settings.default_voice_per_language.items()}
+        for key in (wanted, base):
+            if key in routes:
+                return routes[key]
         entries = await self.pool.entries()
-        default = entries.get(self.settings.voice)
-        wanted = request.language.replace("-", "_").lower()
-        candidates = ([default] if default else []) + sorted(entries.values(), key=lambda e: e.name)
-        for entry in candidates:
-            language = entry.info.language.lower()
-            if language == wanted or language.split("_")[0] == wanted:
-                return entry.name
+        default = entries.get(self.base_voice(self.settings.voice))
+        others = sorted(entries.values(), key=lambda e: e.name)
+        for same in (lambda lang: lang == wanted, lambda lang: lang.split("_")[0] == base):
+            if default is not None and same(_language(default.info.language)):
+                return self.settings.voice
+            for entry in others:
+                if same(_language(entry.info.language)):
+                    return entry.name
         raise VoiceNotFound(f"No installed voice speaks '{request.language}'.")
 
-    async def sentences(self, text: TextSource) -> AsyncIterator[str]:
+    async def sentences(self, text: TextSource, cleanup: bool = True) -> AsyncIterator[str]:
         """Bounded, punctuated sentences; a whole text and the same text streamed cut alike."""
         punctuation = self.settings.auto_punctuation
         if isinstance(text, str):
             # Cleaning and normalising 100,000 characters takes tens of ms: off the loop.
             # Splitting is lazy and linear, a few sentences at a time between other
             # connections' events.
-            normalized = await self._scheduler.run(self._prepare, text, urgent=True)
+            normalized = await self._scheduler.run(self._prepare, text, cleanup, urgent=True)
             for i, sentence in enumerate(iter_sentences(normalized)):
                 yield add_punctuation(sentence, punctuation)
                 if i % _SENTENCES_PER_YIELD == _SENTENCES_PER_YIELD - 1:
                     await asyncio.sleep(0)
             return
-        cleaner = (
-            Cleaner(self.settings.name_emoji, eager=True) if self.settings.text_cleanup else None
-        )
+        cleaner = Cleaner(self.settings.name_emoji, eager=True) if cleanup else None
         splitter = SentenceSplitter()
         async for chunk in text:
             if cleaner is not None:
@@ -281,8 +360,8 @@ class SpeechService:
         for sentence in [*splitter.add(rest), *splitter.finish()]:
             yield add_punctuation(sentence, punctuation)
 
-    def _prepare(self, text: str) -> str:
-        if self.settings.text_cleanup:
+    def _prepare(self, text: str, cleanup: bool) -> str:
+        if cleanup:
             text = clean_text(text, self.settings.name_emoji)
         return normalize(text)
 
@@ -291,6 +370,44 @@ class SpeechService:
         if len(chunk) <= _CLEAN_ON_LOOP_CHARS:
             return "".join(cleaner.add(chunk))
         return await self._scheduler.run(_cleaned, cleaner, chunk, urgent=True)
+
+
+async def _rewritten(
+    sentences: AsyncIterator[str], rewrite: Callable[[str], str]
+) -> AsyncIterator[str]:
+    """Sentences with the lexicon's words replaced (one regex pass each, on the loop)."""
+    async for sentence in sentences:
+        yield rewrite(sentence)
+
+
+def _check_preset(preset: Preset, entries: Mapping[str, VoiceEntry]) -> None:
+    name = preset.name
+    base = entries.get(preset.voice)
+    if base is None:
+        raise PresetError(f"preset {name}: voice: no installed voice {preset.voice!r}")
+    if name in entries and name != preset.voice:
+        raise PresetError(f"preset {name}: name: an installed voice already has this name")
+    info = base.info
+    if preset.speaker is not None and (
+        info.num_speakers <= 1 or not info.has_speaker(preset.speaker)
+    ):
+        speakers = ", ".join(info.speaker_id_map) or "one speaker only"
+        raise PresetError(
+            f"preset {name}: speaker: {preset.voice} has no speaker {preset.speaker!r} ({speakers})"
+        )
+
+
+def _first(*values: float | None) -> float | None:
+    """The first value that is set."""
+    return next((v for v in values if v is not None), None)
+
+
+def _or(value: float | None, default: float) -> float:
+    return default if value is None else value
+
+
+def _language(code: str) -> str:
+    return code.replace("-", "_").lower()
 
 
 def _cleaned(cleaner: Cleaner, chunk: str) -> str:

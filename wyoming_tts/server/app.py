@@ -24,9 +24,12 @@ from ..discovery import Discovery, txt_properties
 from ..errors import Busy, TtsError
 from ..info import PROGRAM_NAME, voice_languages
 from ..metrics import Metrics
+from ..presets import PresetError
 from ..runtime.scheduler import Scheduler
 from ..speech import SpeechService
 from ..synth.engine import Synthesizer
+from ..synth.lexicon import LexiconError
+from ..synth.phrases import PhraseCache
 from ..voices.catalog import VoiceCatalog, VoiceEntry
 from ..voices.loader import LoadOptions
 from ..voices.pool import PoolConfig, VoicePool
@@ -76,7 +79,10 @@ class App:
             self.catalog,
             self.scheduler,
         )
-        self.synthesizer = Synthesizer(self.scheduler, settings.sentence_silence)
+        phrases = (
+            PhraseCache(settings.phrase_cache_mb * 2**20) if settings.phrase_cache_mb else None
+        )
+        self.synthesizer = Synthesizer(self.scheduler, phrases)
         self.metrics = Metrics(self.pool)
         self.speech = SpeechService(
             settings, self.pool, self.synthesizer, self.scheduler, observer=self.metrics.observe
@@ -102,6 +108,7 @@ class App:
                 if self.http is not None:
                     stack.push_async_callback(self.http.close)
                     await self._open_http(self.http)
+                await self._prepare()
                 await self._prime()
                 await self.transport.start(self._accept)
                 stack.push_async_callback(self.transport.close)  # also when start-up fails
@@ -145,9 +152,15 @@ class App:
         except OSError as err:
             raise StartupError(f"http: cannot listen on {self.settings.http}: {err}") from None
 
+    async def _prepare(self) -> None:
+        try:
+            await self.speech.prepare()
+        except (PresetError, LexiconError) as err:
+            raise StartupError(str(err)) from None
+
     async def _prime(self) -> None:
         try:
-            await self.pool.prime(self.settings.preload_voices)
+            await self.pool.prime(self.speech.preload_voices())
         except TtsError as err:
             entries = await self.pool.entries(force=True)
             installed = ", ".join(sorted(entries)) or "none"

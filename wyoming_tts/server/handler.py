@@ -231,7 +231,9 @@ class Connection:
 
     async def _describe(self) -> None:
         entries = await self._speech.voices(force=True)
-        await self._send(build_info(entries, self._settings.streaming).event())
+        await self._send(
+            build_info(entries, self._settings.streaming, self._speech.presets).event()
+        )
         if self._voices_seen is not None:
             await self._voices_seen(entries)
 

@@ -205,12 +205,12 @@ class HttpDoor:
 
     async def _voices(self, request: web.Request) -> web.Response:
         entries = await self._service.voices(force=True)
-        program = build_info(entries, self._settings.streaming).tts[0]
+        program = build_info(entries, self._settings.streaming, self._service.presets).tts[0]
         return web.json_response(
             {
                 "default": self._settings.voice,
                 "voices": [voice.to_dict() for voice in program.voices],
-                "presets": _presets(),
+                "presets": sorted(self._service.presets),
             }
         )
 
@@ -270,7 +270,9 @@ class HttpDoor:
         self._authorize(request)
         fields = await self._body(request) if request.body_exists else {}
         name = _string(fields, "voice") or _string(fields, "voice_model")
-        name = name.removesuffix(".onnx") if name else self._settings.voice
+        name = self._service.base_voice(
+            name.removesuffix(".onnx") if name else self._settings.voice
+        )
         pool = self._service.pool
         was_loaded = name in pool.loaded()
         started = time.perf_counter()
@@ -415,7 +417,8 @@ class HttpDoor:
         status = getattr(err, "status", None) or STATUS.get(err.code, 500)
         extra: dict[str, Any] = {}
         if err.code == "voice-not-found":
-            extra = {"voices": sorted(await self._service.voices()), "presets": _presets()}
+            voices = sorted(await self._service.voices())
+            extra = {"voices": voices, "presets": sorted(self._service.presets)}
         return _error_response(status, err.code, err.text, **extra)
 
     async def _add_headers(self, request: web.Request, response: web.StreamResponse) -> None:
@@ -474,11 +477,6 @@ async def _run(encoder: Encoder, step: Callable[..., bytes | None], *args: bytes
     """An encoder step, off the loop when it costs CPU (libsndfile's)."""
     result = await asyncio.to_thread(step, *args) if encoder.blocking else step(*args)
     return result or b""
-
-
-def _presets() -> list[str]:
-    """Named presets (issue 13) join the voices here once the catalog has them."""
-    return []
 
 
 def _string(fields: dict[str, Any], key: str, required: bool = False) -> str | None:

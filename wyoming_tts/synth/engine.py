@@ -20,11 +20,12 @@ import time
 from collections.abc import AsyncGenerator, AsyncIterable
 from dataclasses import dataclass
 
-from ..audio import SAMPLE_WIDTH, fade_out, silence, to_pcm16
+from ..audio import SAMPLE_WIDTH, fade_in, fade_out, silence, to_pcm16
 from ..model.vits import FloatArray, Latent
 from ..runtime.scheduler import Scheduler
 from ..voices.loader import LoadedVoice, SynthParams
 from .chunking import INITIAL_FRAME_COST, Pacing, plan_chunk
+from .phrases import PhraseCache
 
 
 @dataclass
@@ -39,6 +40,9 @@ class SpeechStats:
     decoder_calls: int = 0
     underruns: int = 0
     """Chunks that were ready only after the audio before them had finished playing."""
+    phrase_hits: int = 0
+    """Sentences answered from the phrase cache."""
+    phrase_misses: int = 0
 
     @property
     def real_time_factor(self) -> float:
@@ -46,17 +50,36 @@ class SpeechStats:
 
 
 @dataclass(frozen=True)
+class Envelope:
+    """How one reply is scaled and framed in silence: from the settings or a preset."""
+
+    volume: float = 1.0
+    """A factor on the voice's calibrated gain, applied before the limiter."""
+    sentence_silence: float = 0.0
+    lead_in: float = 0.0
+    """Silence before the first word, for speakers that wake on sound and clip it."""
+    tail: float = 0.0
+
+
+@dataclass(frozen=True)
 class _Utterance:
-    latent: Latent
+    sentence: int
+    """Which sentence of the reply it belongs to (a long one has several utterances)."""
     starts_sentence: bool
+    ends_sentence: bool
+    latent: Latent | None = None
+    cached: bytes | None = None
+    """The whole sentence's PCM, from the phrase cache (then there is no latent)."""
+    key: tuple[object, ...] | None = None
+    """The phrase-cache key this sentence's audio is stored under once it is complete."""
 
 
 class Synthesizer:
-    """Stateless apart from its config; one per server, shared by all connections."""
+    """Stateless apart from its config and phrase cache; one per server, shared by all."""
 
-    def __init__(self, scheduler: Scheduler, sentence_silence: float = 0.0) -> None:
+    def __init__(self, scheduler: Scheduler, phrases: PhraseCache | None = None) -> None:
         self._scheduler = scheduler
-        self._sentence_silence = sentence_silence
+        self.phrases = phrases
 
     async def speak(
         self,
@@ -64,33 +87,68 @@ class Synthesizer:
         params: SynthParams,
         sentences: AsyncIterable[str],
         stats: SpeechStats,
+        envelope: Envelope = Envelope(),
     ) -> AsyncGenerator[bytes, None]:
         """16-bit PCM of every sentence, a piece per decoded chunk, filling ``stats``."""
-        started = time.perf_counter()
+        started, rate = time.perf_counter(), voice.sample_rate
         pacing = Pacing(frame_cost=voice.frame_seconds or INITIAL_FRAME_COST)
-        lookahead = _Lookahead(self._utterances(voice, params, sentences, stats, pacing))
-        gap = b""
+        gain = voice.gain * envelope.volume
+        utterances = self._utterances(voice, params, gain, sentences, stats, pacing)
+        lookahead = _Lookahead(utterances)
+        gap, sentence_pcm = b"", bytearray()
         try:
             while (utterance := await lookahead.next()) is not None:
                 if pacing.started:
                     lookahead.prefetch()
+                if utterance.starts_sentence:
+                    sentence_pcm.clear()
                 prefix = gap if utterance.starts_sentence else b""
-                chunks = self._chunks(voice, utterance.latent, pacing, stats)
-                async with contextlib.aclosing(chunks):
-                    async for audio in chunks:
-                        pcm = prefix + to_pcm16(audio, voice.gain)
-                        prefix = b""
+                pieces = self._pieces(voice, utterance, gain, pacing, stats)
+                async with contextlib.aclosing(pieces):
+                    async for speech in pieces:
+                        if utterance.key is not None:
+                            sentence_pcm += speech
                         if not pacing.started:
                             stats.first_audio_seconds = time.perf_counter() - started
-                        pacing.emitted(len(pcm) / SAMPLE_WIDTH / voice.sample_rate)
+                            speech = silence(envelope.lead_in, rate) + fade_in(speech, rate)
+                        pcm = prefix + speech
+                        prefix = b""
+                        pacing.emitted(len(pcm) / SAMPLE_WIDTH / rate)
                         yield pcm
                         # Once audio flows, the next utterance's frontend may run beside us.
                         lookahead.prefetch()
-                gap = silence(self._sentence_silence, voice.sample_rate)
+                if (
+                    utterance.key is not None
+                    and utterance.ends_sentence
+                    and self.phrases is not None
+                ):
+                    self.phrases.put(utterance.key, bytes(sentence_pcm))
+                gap = silence(envelope.sentence_silence, rate)
+            if pacing.started and envelope.tail > 0:
+                tail = silence(envelope.tail, rate)
+                pacing.emitted(len(tail) / SAMPLE_WIDTH / rate)
+                yield tail
         finally:
             await lookahead.aclose()
             stats.total_seconds = time.perf_counter() - started
             stats.audio_seconds = pacing.produced
+
+    async def _pieces(
+        self,
+        voice: LoadedVoice,
+        utterance: _Utterance,
+        gain: float,
+        pacing: Pacing,
+        stats: SpeechStats,
+    ) -> AsyncGenerator[bytes, None]:
+        """One utterance's PCM: the cached sentence at once, else decoded chunk by chunk."""
+        if utterance.latent is None:
+            yield utterance.cached or b""
+            return
+        chunks = self._chunks(voice, utterance.latent, pacing, stats)
+        async with contextlib.aclosing(chunks):
+            async for audio in chunks:
+                yield to_pcm16(audio, gain)
 
     async def _chunks(
         self, voice: LoadedVoice, latent: Latent, pacing: Pacing, stats: SpeechStats
@@ -124,19 +182,33 @@ class Synthesizer:
         self,
         voice: LoadedVoice,
         params: SynthParams,
+        gain: float,
         sentences: AsyncIterable[str],
         stats: SpeechStats,
         pacing: Pacing,
     ) -> AsyncGenerator[_Utterance, None]:
-        run = self._scheduler.run
+        run, phrases = self._scheduler.run, self.phrases
+        n = 0
         async for sentence in sentences:
             stats.characters += len(sentence)
+            n += 1
+            key = None
+            if phrases is not None and phrases.max_bytes > 0:
+                entry = voice.entry
+                key = (entry.name, entry.identity, params, gain, sentence)
+                cached = phrases.get(key)
+                if cached is not None:
+                    stats.phrase_hits += 1
+                    yield _Utterance(n, starts_sentence=True, ends_sentence=True, cached=cached)
+                    continue
+                stats.phrase_misses += 1
             id_lists = await run(voice.phoneme_ids, sentence, urgent=not pacing.started)
             for i, ids in enumerate(id_lists):
                 latent = await run(voice.frontend, ids, params, urgent=not pacing.started)
                 if latent.num_frames > 0:
                     stats.utterances += 1
-                    yield _Utterance(latent=latent, starts_sentence=(i == 0))
+                    last = i == len(id_lists) - 1
+                    yield _Utterance(n, i == 0, last, latent=latent, key=key)
 
 
 class _Lookahead:
