@@ -20,7 +20,7 @@ import pytest
 from wyoming.info import Describe, Info
 from wyoming.tts import Synthesize, SynthesizeVoice
 
-from wyoming_tts.audio import fade_out, to_pcm16
+from wyoming_tts.audio import fade_in, fade_out, to_pcm16
 from wyoming_tts.model.vits import StagedDecoder
 from wyoming_tts.voices.loader import LoadedVoice
 
@@ -133,7 +133,8 @@ async def test_family_streams_what_a_whole_decode_says(
     assert len(resp.chunks) > 1, "not streamed"
     params = voice.params(None, 0.0, None, 0.0)
     whole = np.concatenate(voice.speak_blocking(TEXT, params))
-    expected = np.frombuffer(to_pcm16(fade_out(whole, rate), voice.gain), dtype="<i2")
+    pcm = fade_in(to_pcm16(fade_out(whole, rate), voice.gain), rate)  # as the engine does
+    expected = np.frombuffer(pcm, dtype="<i2")
     assert resp.audio.shape == expected.shape
     worst = int(np.abs(resp.audio.astype(np.int32) - expected).max())
     assert worst <= MAX_LSB, f"streamed audio is {worst} LSB from the whole decode"
