@@ -105,10 +105,18 @@ def requests() -> Iterator[_Requests]:
 
 @pytest.fixture(scope="module")
 async def multilingual(data_dir: Path, cache_dir: Path) -> AsyncIterator[Server]:
-    """German by default; every language above, and the extras, installed."""
+    """German by default; every language above, and the extras, installed; noise off, so
+    lengths are the same on every run."""
     args = ["--data-dir", str(data_dir), "--cache-dir", str(cache_dir)]
     args += ["--voice", "de_DE-test-x_low", "--max-voices", "4"]
-    args += ["--sentence-silence", str(SENTENCE_SILENCE)]
+    args += [
+        "--sentence-silence",
+        str(SENTENCE_SILENCE),
+        "--noise-scale",
+        "0",
+        "--noise-w-scale",
+        "0",
+    ]
     async with run_server(*args) as srv:
         yield srv
 
