@@ -252,6 +252,8 @@ class Result:
     error: str | None = None
     error_code: str | None = None
     timed_out: bool = False
+    gap: float = 0.0
+    """Longest silence a listener who plays from the first chunk on would hear mid-reply."""
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -312,6 +314,10 @@ async def speak(
                 chunk = AudioChunk.from_event(event)
                 if result.ttfa is None:
                     result.ttfa = now - t0
+                else:
+                    # Played since the first chunk vs. received before this one.
+                    short = (now - t0 - result.ttfa) - result.audio_seconds
+                    result.gap = max(result.gap, short)
                 result.chunks += 1
                 result.audio_seconds += len(chunk.audio) / (
                     chunk.rate * chunk.width * chunk.channels

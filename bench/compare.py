@@ -73,7 +73,7 @@ class Options:
     keep_logs: bool
     output: Path | None
     ours_args: list[str]
-    settle: float = 0.0
+    settle: float = 0.3
 
 
 def log(msg: str) -> None:
@@ -227,33 +227,42 @@ async def phase_rotation(opts: Options, pair: Sequence[Server]) -> dict[str, Any
     return out
 
 
-async def phase_concurrency(opts: Options, pair: Sequence[Server]) -> dict[str, Any]:
-    """`clients` clients at once, each speaking the short text `per_client` times."""
+#: A stall shorter than this is jitter a satellite's buffer absorbs, not a gap.
+GAP_TOLERANCE = 0.05
+
+
+async def phase_concurrency(
+    opts: Options, pair: Sequence[Server], clients: int, text: str = SHORT_TEXT
+) -> dict[str, Any]:
+    """`clients` clients at once, each speaking `text` `per_client` times."""
     raw: dict[str, list[Result]] = {s.label: [] for s in pair}
     walls: dict[str, list[float]] = {s.label: [] for s in pair}
 
     async def client(port: int) -> list[Result]:
         return [
-            await speak(port, SHORT_TEXT, timeout=opts.request_timeout)
-            for _ in range(opts.per_client)
+            await speak(port, text, timeout=opts.request_timeout) for _ in range(opts.per_client)
         ]
 
     for i in range(opts.conc_rounds):
         for server in alternate(pair, i):
             t0 = time.perf_counter()
-            batches = await asyncio.gather(*(client(server.port) for _ in range(opts.clients)))
+            batches = await asyncio.gather(*(client(server.port) for _ in range(clients)))
             walls[server.label].append(time.perf_counter() - t0)
             for batch in batches:
                 for result in batch:
                     if not result.ok:
                         log(f"concurrency {server.label}: {result.error_code} {result.error}")
                     raw[server.label].append(result)
+            if opts.settle:
+                await asyncio.sleep(opts.settle)
     return {
         s.label: {
             "ttfa": summarize(raw[s.label], lambda r: r.ttfa),
             "heard": summarize(raw[s.label], lambda r: r.heard),
             "total": summarize(raw[s.label], lambda r: r.total),
             "wall_seconds": median(walls[s.label]),
+            "max_gap": max((r.gap for r in raw[s.label] if r.ok), default=None),
+            "replies_with_gap": sum(1 for r in raw[s.label] if r.ok and r.gap > GAP_TOLERANCE),
         }
         for s in pair
     }
@@ -308,6 +317,37 @@ def fmt_mb(value: float | None) -> str:
 
 def fmt_ratio(value: float | None) -> str:
     return "-" if value is None else f"{value:.2f}"
+
+
+def _concurrency_rows(add: Callable[..., None], conc: dict[str, Any] | None, label: str) -> None:
+    if not conc:
+        return
+    add(
+        f"TTFA {label} median",
+        conc[OURS]["ttfa"]["median"],
+        conc[THEIRS]["ttfa"]["median"],
+        "s",
+    )
+    add(
+        f"TTFA {label} p95",
+        conc[OURS]["ttfa"]["p95"],
+        conc[THEIRS]["ttfa"]["p95"],
+        "s",
+    )
+    if "heard" in conc[OURS] and "heard" in conc[THEIRS]:
+        add(
+            f"HEARD {label} p95",
+            conc[OURS]["heard"]["p95"],
+            conc[THEIRS]["heard"]["p95"],
+            "s",
+        )
+    add(
+        f"wall time, {label}",
+        conc[OURS]["wall_seconds"],
+        conc[THEIRS]["wall_seconds"],
+        "s",
+    )
+    add(f"max gap mid-reply, {label}", conc[OURS].get("max_gap"), conc[THEIRS].get("max_gap"), "s")
 
 
 def build_table(res: dict[str, Any]) -> list[dict[str, Any]]:
@@ -390,33 +430,8 @@ def build_table(res: dict[str, Any]) -> list[dict[str, Any]]:
             rot[THEIRS]["ttfa_all"]["p95"],
             "s",
         )
-    conc = res.get("concurrency")
-    if conc:
-        add(
-            "TTFA concurrent clients median",
-            conc[OURS]["ttfa"]["median"],
-            conc[THEIRS]["ttfa"]["median"],
-            "s",
-        )
-        add(
-            "TTFA concurrent clients p95",
-            conc[OURS]["ttfa"]["p95"],
-            conc[THEIRS]["ttfa"]["p95"],
-            "s",
-        )
-        if "heard" in conc[OURS] and "heard" in conc[THEIRS]:
-            add(
-                "HEARD concurrent clients p95",
-                conc[OURS]["heard"]["p95"],
-                conc[THEIRS]["heard"]["p95"],
-                "s",
-            )
-        add(
-            "wall time for all concurrent requests",
-            conc[OURS]["wall_seconds"],
-            conc[THEIRS]["wall_seconds"],
-            "s",
-        )
+    for key, label in (("concurrency", "concurrent clients"), ("concurrency8", "2x clients")):
+        _concurrency_rows(add, res.get(key), label)
     mem = res.get("memory", {})
     if "idle" in mem:
         add("RSS idle after start", mem["idle"][OURS], mem["idle"][THEIRS], "MiB")
@@ -495,7 +510,11 @@ async def run(opts: Options) -> dict[str, Any]:
         log("voice rotation")
         res["rotation"] = await phase_rotation(opts, pair)
         log(f"{opts.clients} concurrent clients x {opts.per_client} requests")
-        res["concurrency"] = await phase_concurrency(opts, pair)
+        res["concurrency"] = await phase_concurrency(opts, pair, opts.clients)
+        # Eight satellites answered at once, on a two-sentence reply (so gaps can show).
+        res["concurrency8"] = await phase_concurrency(
+            opts, pair, 2 * opts.clients, WYOMING_BENCH_TEXTS[1]
+        )
         log(f"long texts {opts.long_sizes} (timeout {opts.long_timeout:.0f}s each)")
         res["long"] = await phase_long(opts, pair)
     finally:
@@ -551,9 +570,10 @@ def parse_args(argv: Sequence[str] | None = None) -> Options:
     parser.add_argument(
         "--settle",
         type=float,
-        default=0.0,
-        help="Seconds of quiet after each request of the texts phase (default 0: back to "
-        "back, so one server's lingering threads can slow the other's next request).",
+        default=0.3,
+        help="Seconds of quiet after each request of the texts phase, as a satellite's "
+        "request starts on a quiet machine (0: back to back, so one server's lingering "
+        "threads can slow the other's next request).",
     )
     parser.add_argument("--keep-logs", action="store_true", help="Keep the temp voice dir too.")
     args = parser.parse_args(argv)

@@ -159,6 +159,12 @@ class Response:
         return None
 
 
+def same_speech(a: Response, b: Response) -> bool:
+    """Equal up to the 2 LSB that another chunk schedule (load, timing) may move a sample."""
+    x, y = a.audio.astype(np.int32), b.audio.astype(np.int32)
+    return x.shape == y.shape and int(np.abs(x - y).max(initial=0)) <= 2
+
+
 def rms_dbfs(samples: np.ndarray) -> float:
     if samples.size == 0:
         return -120.0

@@ -13,6 +13,7 @@ import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import aiohttp
 import numpy as np
 import pytest
 from wyoming.info import Describe, Info
@@ -27,15 +28,19 @@ from wyoming.tts import (
 from wyoming_tts.server.app import StartupError
 
 from .conftest import (
+    VOICE,
     Response,
     Server,
     assert_speech,
     connect,
+    http_base,
     link_voice,
     read_like_home_assistant,
     rms_dbfs,
     run_server,
+    same_speech,
 )
+from .test_http import parse_wav
 
 TEXT = "The washing machine has finished its cycle."
 QUIET = ("--noise-scale", "0", "--noise-w-scale", "0")
@@ -85,7 +90,7 @@ async def presets_server(cache_dir: Path, data_dir: Path) -> AsyncIterator[Serve
     args = (
         *("--config", str(config), "--cache-dir", str(cache_dir), "--data-dir", str(data_dir)),
         *("--preset", "loud=en_US-joe-medium:volume=+3dB", "--phrase-cache-mb", "0"),
-        *("--lexicon", str(data_dir / "lexicon.toml"), *QUIET),
+        *("--lexicon", str(data_dir / "lexicon.toml"), "--http", "127.0.0.1:0", *QUIET),
     )
     async with run_server(*args) as srv:
         yield srv
@@ -107,12 +112,6 @@ async def stream(server: Server, text: str, voice: SynthesizeVoice | None = None
         await client.write_event(Synthesize(text=text, voice=voice).event())
         await client.write_event(SynthesizeStop().event())
         return await read_like_home_assistant(client)
-
-
-def same_speech(a: Response, b: Response) -> bool:
-    """Equal up to the 2 LSB a different chunk schedule may move a sample."""
-    x, y = a.audio.astype(np.int32), b.audio.astype(np.int32)
-    return x.shape == y.shape and int(np.abs(x - y).max(initial=0)) <= 2
 
 
 def named(name: str) -> SynthesizeVoice:
@@ -204,6 +203,24 @@ async def test_a_preset_shares_its_base_voices_loaded_copy(presets_server: Serve
         assert (await speak(presets_server, voice=named(name))).types[-1] == "audio-stop"
     assert pool.stats().loads == loads
     assert "kitchen-slow" not in pool.loaded()
+
+
+async def test_the_http_door_speaks_and_lists_presets(presets_server: Server) -> None:
+    """Open WebUI and curl name a preset as their voice, as HA does."""
+    base = http_base(presets_server)
+    body = {"input": TEXT, "voice": "quiet", "response_format": "wav"}
+    async with aiohttp.ClientSession() as client:
+        async with client.post(f"{base}/v1/audio/speech", json=body) as resp:
+            assert resp.status == 200, await resp.text()
+            (rate, _width, _channels), quiet = parse_wav(await resp.read())
+        async with client.post(f"{base}/v1/audio/speech", json={**body, "voice": VOICE}) as resp:
+            _fmt, loud = parse_wav(await resp.read())
+        async with client.get(f"{base}/api/voices") as resp:
+            listing = await resp.json()
+    assert rate == 22050
+    assert rms_dbfs(quiet) - rms_dbfs(loud) == pytest.approx(-6.02, abs=0.5)
+    assert "kitchen-slow" in listing["presets"]
+    assert "kitchen-slow" in [v["name"] for v in listing["voices"]]
 
 
 # ----------------------------------------------------------------------- languages

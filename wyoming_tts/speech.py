@@ -162,6 +162,8 @@ class SpeechService:
         self._warned_speakers: set[str] = set()
         self.presets = {preset.name: preset for preset in settings.presets}
         self._lexicon: Lexicon | None = None
+        #: The lexicon compiled per voice language, once (at most the installed languages).
+        self._rewrites: dict[str, Callable[[str], str] | None] = {}
 
     async def prepare(self) -> None:
         """Check presets and language routes against the installed voices; read the lexicon.
@@ -268,9 +270,16 @@ class SpeechService:
             lead_in=_or(p.lead_in, settings.lead_in),
             tail=_or(p.tail, settings.tail),
         )
-        rewrite = self._lexicon.for_language(voice.entry.info.language) if self._lexicon else None
+        rewrite = self._rewrite(voice.entry.info.language)
         cleanup = settings.text_cleanup if p.text_cleanup is None else p.text_cleanup
         return Delivery(params, envelope, cleanup, rewrite)
+
+    def _rewrite(self, language: str) -> Callable[[str], str] | None:
+        if self._lexicon is None:
+            return None
+        if language not in self._rewrites:
+            self._rewrites[language] = self._lexicon.for_language(language)
+        return self._rewrites[language]
 
     def _speaker_id(self, voice: LoadedVoice, speaker: str | None) -> int | None:
         """The speaker asked for, else the voice's default: a wrong speaker still speaks.
@@ -418,7 +427,7 @@ def _log_request(voice: str, outcome: str, stats: SpeechStats, streamed: bool, d
     first = stats.first_audio_seconds
     _LOGGER.info(
         "Request voice=%s outcome=%s chars=%d first_audio=%s total=%.3fs audio=%.2fs "
-        "rtf=%.3f underruns=%d door=%s%s",
+        "rtf=%.3f underruns=%d cached=%d/%d door=%s%s",
         voice,
         outcome,
         stats.characters,
@@ -427,6 +436,8 @@ def _log_request(voice: str, outcome: str, stats: SpeechStats, streamed: bool, d
         stats.audio_seconds,
         stats.real_time_factor,
         stats.underruns,
+        stats.phrase_hits,
+        stats.phrase_hits + stats.phrase_misses,
         door,
         " (stream)" if streamed else "",
     )
