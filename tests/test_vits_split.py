@@ -499,3 +499,62 @@ def test_damaged_cache_is_split_again_and_speaks_the_same(
     assert any("damaged" in r.message for r in caplog.records)
     assert type(again.decoder) is type(model.decoder)
     assert np.array_equal(again.full(ids, DETERMINISTIC, None), reference)
+
+
+def test_whole_frame_slice_keeps_the_reach() -> None:
+    """x[:, :, 0:] (the TorchScript exporter's Slice to INT64 max) cuts no frame."""
+    tail = [helper.make_node("Slice", ["d", "s", "e", "ax", "st"], ["out"])]
+    extra = [
+        helper.make_tensor("s", TensorProto.INT64, [1], [0]),
+        helper.make_tensor("e", TensorProto.INT64, [1], [2**63 - 1]),
+        helper.make_tensor("ax", TensorProto.INT64, [1], [2]),
+        helper.make_tensor("st", TensorProto.INT64, [1], [1]),
+    ]
+    assert split_module.receptive_field(_frame_graph(tail, extra), ["x"]) == 5
+    every_other = [*extra[:3], helper.make_tensor("st", TensorProto.INT64, [1], [2])]
+    assert split_module.receptive_field(_frame_graph(tail, every_other), ["x"]) is None
+
+
+# ----------------------------------------------------------------- multi-speaker voices
+
+MULTI_VOICES = Path(__file__).parent / "voices"
+
+
+@pytest.mark.parametrize("quality", ["medium", "high"])
+def test_multi_speaker_split_carries_the_speaker_embedding(
+    quality: str, cache_dir: Path, phoneme_ids: dict[str, list[int]]
+) -> None:
+    """Only g, [1, gin, 1], crosses the seam beside z and the mask; flow and first vocoder
+    stage take it, and the split speaks as the unmodified graph for each speaker."""
+    path = MULTI_VOICES / f"en_US-testmulti-{quality}.onnx"
+    split = split_voice_model(path, cache_dir)
+    assert split is not None and split.g_name is not None and split.vocoder is not None
+    frontend = onnx.load(split.frontend_path)
+    assert [o.name for o in frontend.graph.output] == [split.z_name, split.mask_name, split.g_name]
+    for part in (split.vocoder.flow_path, split.vocoder.vocoder_path):
+        assert split.g_name in {i.name for i in onnx.load(part).graph.input}
+    for stage in split.vocoder.tail:
+        assert [i.name for i in onnx.load(stage.path).graph.input] == [stage.input_name]
+
+    model = VitsModel.load(path, cache_dir, _session_options(), HOP)
+    assert isinstance(model.decoder, StagedDecoder)
+    original = onnxruntime.InferenceSession(str(path), _session_options())
+    ids = phoneme_ids["short"]
+    heard = []
+    for sid in (0, 1):
+        latent = model.frontend(ids, DETERMINISTIC, sid)
+        assert latent.g is not None and latent.g.shape[0::2] == (1, 1)
+        feeds = {
+            "input": np.array([ids], dtype=np.int64),
+            "input_lengths": np.array([len(ids)], dtype=np.int64),
+            "scales": np.array(DETERMINISTIC, dtype=np.float32),
+            "sid": np.array([sid], dtype=np.int64),
+        }
+        reference = original.run(None, feeds)[0].reshape(-1)
+        peak = float(np.abs(reference).max())
+        ours = model.full(ids, DETERMINISTIC, sid)
+        assert _max_lsb(ours / peak, reference / peak) <= MAX_LSB
+        chunks = _decode_like_engine(model, latent, _schedule(latent.num_frames, UNEVEN), True)
+        assert _max_lsb(np.concatenate(chunks) / peak, reference / peak) <= MAX_LSB
+        heard.append(ours)
+    assert heard[0].shape != heard[1].shape or not np.allclose(heard[0], heard[1])

@@ -18,7 +18,11 @@ from sentence_stream import SentenceBoundaryDetector
 #: Longest piece of text phonemized at once: bounds the work and memory of one step.
 MAX_SENTENCE_CHARS = 500
 
-_CLAUSE_BREAK = re.compile(r"[,;:\u2014\u2013\u3001\uff0c\uff1b\uff1a](?=\s)|\s[-\u2014\u2013]\s")
+#: Where an over-long sentence may be cut: a clause mark before a space (Arabic's comma and
+#: semicolon too), a full-width one anywhere (CJK text has no spaces), or a spaced dash.
+_CLAUSE_BREAK = re.compile(
+    r"[,;:\u2014\u2013\u060c\u061b](?=\s)|[\u3001\uff0c\uff1b\uff1a]|\s[-\u2014\u2013]\s"
+)
 _SPACE_RUN = re.compile(r"[ \t\f\v\u00a0]+")
 _BLANK_LINES = re.compile(r"\n\s*\n")
 

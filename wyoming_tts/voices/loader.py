@@ -6,6 +6,7 @@ Everything here blocks (onnxruntime, espeak): callers run it on a worker thread.
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import statistics
 import time
@@ -31,6 +32,13 @@ CALIBRATION_TEXT = (
     "I have turned on the kitchen lights for you. "
     "Your timer for ten minutes has started."
 )
+#: The same for phonemizers that find nothing to say in English text (Latin letters).
+CALIBRATION_TEXTS = {
+    "hebrew": "מזג האוויר היום שמשי עם רוח קלה. הדלקתי לך את האור במטבח.",
+    "japanese": "今日は晴れで、風が少しあります。台所の明かりをつけました。",
+    "thai": "วันนี้อากาศแจ่มใสมีลมพัดเบาๆ ฉันเปิดไฟในครัวให้แล้ว",
+    "pinyin": "今天天气晴朗，有微风。我已经为你打开了厨房的灯。",
+}
 KEEP_ALIVE_TEXT = "Ok."
 #: Most phoneme ids per utterance (~250 characters); longer sentences are split at clauses,
 #: then words. The text encoder's time and memory grow with its square (600: ~55 MB).
@@ -38,6 +46,15 @@ MAX_UTTERANCE_IDS = 600
 #: Largest vocoder chunk in frames the engine asks for (~0.05 MB of working memory each,
 #: plus 24 frames of overlap per call); warm-up grows kept decoder memory to it.
 MAX_CHUNK_FRAMES = 300
+#: piper-tts's extra phonemizers: what each imports, and the piper-tts extra installing it.
+#: (Hebrew's diacritizer ships inside piper-tts; espeak voices need nothing more.)
+PHONEMIZER_EXTRAS: dict[str, tuple[tuple[str, ...], str]] = {
+    "pinyin": (("unicode_rbnf", "g2pw", "transformers"), "zh"),
+    "japanese": (("pyopenjtalk",), "ja"),
+    "thai": (("tltk", "pandas", "unicode_rbnf"), "th"),
+}
+#: Where piper's Chinese phonemizer looks for its g2pW model, beside the voice.
+G2PW_DIR = "g2pW"
 
 
 @dataclass(frozen=True)
@@ -202,6 +219,9 @@ def load_voice(entry: VoiceEntry, options: LoadOptions) -> LoadedVoice:
     fails its own requests and nothing else.
     """
     started = time.perf_counter()
+    missing = phonemizer_problem(str(entry.info.raw.get("phoneme_type", "espeak")), entry)
+    if missing is not None:
+        raise VoiceLoadFailed(f"Voice '{entry.name}' cannot be loaded: {missing}")
     try:
         config = PiperConfig.from_dict(entry.info.raw)
         model = VitsModel.load(
@@ -211,7 +231,7 @@ def load_voice(entry: VoiceEntry, options: LoadOptions) -> LoadedVoice:
             entry.info.hop_length,
             keep_decoder_memory=options.keep_decoder_memory,
         )
-        phonemizer = PiperVoice(session=None, config=config)
+        phonemizer = PiperVoice(session=None, config=config, download_dir=entry.model_path.parent)
         seeded = (
             load_seeded(
                 entry.model_path,
@@ -234,7 +254,7 @@ def load_voice(entry: VoiceEntry, options: LoadOptions) -> LoadedVoice:
         params = voice.params(None, 0.0, None, 0.0)
         peaks = [
             float(np.max(np.abs(a)))
-            for a in voice.speak_blocking(CALIBRATION_TEXT, params, max_ids, costs)
+            for a in voice.speak_blocking(_calibration_text(voice), params, max_ids, costs)
         ]
         if options.keep_decoder_memory:
             _reach_working_size(voice, params, max_ids, MAX_CHUNK_FRAMES)
@@ -250,6 +270,28 @@ def load_voice(entry: VoiceEntry, options: LoadOptions) -> LoadedVoice:
     )
 
 
+def phonemizer_problem(phoneme_type: str, entry: VoiceEntry) -> str | None:
+    """What the voice's phonemizer lacks here, naming what to install (None: nothing).
+
+    Checked before anything loads, so a missing extra fails the load with a message a
+    user can act on, never a request halfway through; nothing is downloaded at run time.
+    """
+    needed = PHONEMIZER_EXTRAS.get(phoneme_type)
+    if needed is None:
+        return None
+    modules, extra = needed
+    absent = [name for name in modules if importlib.util.find_spec(name) is None]
+    if absent:
+        return (
+            f"its phoneme_type '{phoneme_type}' needs {', '.join(absent)}: "
+            f"install piper-tts's extra with pip install 'piper-tts[{extra}]'"
+        )
+    model_dir = entry.model_path.parent / G2PW_DIR
+    if phoneme_type == "pinyin" and not (model_dir / "g2pw.onnx").is_file():
+        return f"its phoneme_type 'pinyin' needs the g2pW model (g2pw.onnx) in {model_dir}"
+    return None
+
+
 def _reach_working_size(
     voice: LoadedVoice, params: SynthParams, max_ids: int, max_chunk_frames: int
 ) -> None:
@@ -260,7 +302,7 @@ def _reach_working_size(
     text's ids repeated up to ``max_ids``; its audio is thrown away.
     """
     ids: list[int] = []
-    pieces = voice.phoneme_ids(CALIBRATION_TEXT, max_ids)
+    pieces = voice.phoneme_ids(_calibration_text(voice), max_ids)
     while pieces and len(ids) < max_ids:
         for piece in pieces:
             ids.extend(piece)
@@ -272,9 +314,16 @@ def _reach_working_size(
     voice.model.decode(latent, min(margin, end), end)
 
 
+def _calibration_text(voice: LoadedVoice) -> str:
+    phoneme_type = voice.phonemizer.config.phoneme_type
+    return CALIBRATION_TEXTS.get(str(phoneme_type.value), CALIBRATION_TEXT)
+
+
 def keep_alive(voice: LoadedVoice) -> None:
     """A tiny inference through all graphs, so idle pages and caches stay warm."""
-    voice.speak_blocking(KEEP_ALIVE_TEXT, voice.params(None, None, None, None))
+    phoneme_type = str(voice.phonemizer.config.phoneme_type.value)
+    text = CALIBRATION_TEXTS[phoneme_type][:8] if phoneme_type in CALIBRATION_TEXTS else None
+    voice.speak_blocking(text or KEEP_ALIVE_TEXT, voice.params(None, None, None, None))
 
 
 def _reason(err: BaseException) -> str:

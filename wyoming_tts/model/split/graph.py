@@ -147,16 +147,25 @@ def _try_cut(graph: Graph, z_name: str, audio: str, random_set: set[int]) -> Cut
     if z_name not in crossing or any(name in graph.inputs for name in crossing):
         return None
     others = [name for name in crossing if name != z_name]
-    g_names = [n for n in others if graph.tensor_deps(n) == frozenset({_SPEAKER_INPUT})]
-    mask_names = [n for n in others if n not in g_names]
-    if len(mask_names) != 1 or len(g_names) > 1:
+    speaker = [n for n in others if graph.tensor_deps(n) == frozenset({_SPEAKER_INPUT})]
+    mask_names = [n for n in others if n not in speaker]
+    if len(mask_names) != 1:
         return None
+    g_name = _speaker_embedding(graph, speaker) if speaker else None
+    if speaker and g_name is None:
+        return None
+    # What the decoder computes from the speaker embedding (each flow's and the vocoder's
+    # conditioning) moves to its side of the seam, so only the embedding crosses.
+    speaker_nodes = graph.ancestors(speaker, stop={g_name}) if g_name else set()
+    crossing = [z_name, mask_names[0]] + ([g_name] if g_name else [])
     cut_tensors = set(crossing)
     decoder_nodes = graph.ancestors([audio], stop=cut_tensors)
     # Verify the cut: every decoder-side input is made inside the decoder, is an
     # initializer, or crosses the seam; nothing random or input-dependent leaks in.
     for idx in decoder_nodes:
-        if idx in random_set or (idx not in decoder_core and graph.input_deps[idx]):
+        if idx in random_set:
+            return None
+        if idx not in decoder_core and idx not in speaker_nodes and graph.input_deps[idx]:
             return None
         for name in graph.nodes[idx].input:
             if not name or name in graph.initializers or name in cut_tensors:
@@ -169,10 +178,36 @@ def _try_cut(graph: Graph, z_name: str, audio: str, random_set: set[int]) -> Cut
     return Cut(
         z_name=z_name,
         mask_name=mask_names[0],
-        g_name=g_names[0] if g_names else None,
+        g_name=g_name,
         frontend_nodes=sorted(frontend_nodes),
         decoder_nodes=sorted(decoder_nodes),
     )
+
+
+def _speaker_embedding(graph: Graph, conditioning: list[str]) -> str | None:
+    """The one tensor all of ``conditioning`` (tensors of the speaker id alone) is computed
+    from: in VITS the speaker embedding g, [1, gin, 1], which each flow layer and the
+    vocoder project for themselves. The latest such tensor, so the least work moves."""
+    if len(conditioning) == 1:
+        return conditioning[0]
+    speaker = frozenset({_SPEAKER_INPUT})
+    made = sorted(graph.ancestors(conditioning, stop=set()), reverse=True)
+    for idx in made:
+        node = graph.nodes[idx]
+        if len(node.output) != 1 or graph.input_deps[idx] != speaker:
+            continue
+        source = node.output[0]
+        between = graph.ancestors(conditioning, stop={source})
+        if all(
+            not name
+            or name == source
+            or name in graph.initializers
+            or (graph.producer.get(name) in between)
+            for i in between
+            for name in graph.nodes[i].input
+        ):
+            return source
+    return None
 
 
 def find_vocoder_seam(graph: Graph, audio: str, stop: set[str]) -> str | None:

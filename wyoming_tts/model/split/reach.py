@@ -24,6 +24,8 @@ _POINTWISE_OPS = frozenset(
 _SHAPE_OPS = frozenset({"Shape", "Size", "Constant", "ConstantOfShape"})
 #: Ops that are frame-local unless they act on the frame axis (axis 2 of [N, C, T]).
 _AXIS_OPS = frozenset({"Slice", "Split", "Concat", "Unsqueeze", "Squeeze"})
+#: A Slice end at least this large means "to the end" (exporters write INT32/INT64 max).
+_WHOLE_END = 2**31 - 1
 
 
 def receptive_field(model: onnx.ModelProto, sources: Iterable[str], rate: int = 1) -> int | None:
@@ -108,8 +110,21 @@ def _frame_axis_after(
         for a in sorted(axes):
             axis += a <= axis
         return axis
-    if axis in axes:
+    if axis in axes and not (node.op_type == "Slice" and _whole_slice(node, constants, axis)):
         return None
     if node.op_type == "Squeeze":
         return axis - sum(a < axis for a in axes)
     return axis
+
+
+def _whole_slice(node: onnx.NodeProto, constants: dict[str, np.ndarray], axis: int) -> bool:
+    """A Slice that keeps every frame of ``axis`` (``x[:, :, 0:]``, which the TorchScript
+    exporter writes for each ``:`` of an indexing expression): no cut at all."""
+    inputs = list(node.input) + [""] * (5 - len(node.input))
+    if not all(name in constants for name in inputs[1:4] + ([inputs[4]] if inputs[4] else [])):
+        return False
+    axes = [int(a) for a in constants[inputs[3]].reshape(-1)]
+    starts, ends = constants[inputs[1]].reshape(-1), constants[inputs[2]].reshape(-1)
+    steps = constants[inputs[4]].reshape(-1) if inputs[4] else np.ones(len(axes))
+    at = axes.index(axis)
+    return int(starts[at]) == 0 and int(ends[at]) >= _WHOLE_END and int(steps[at]) == 1
