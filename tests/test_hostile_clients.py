@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import tempfile
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -18,7 +19,10 @@ from wyoming.event import async_read_event
 from wyoming.info import Describe
 from wyoming.tts import Synthesize, SynthesizeChunk, SynthesizeStart, SynthesizeVoice
 
+from wyoming_tts.model.vits import StagedDecoder, WholeDecoder
+
 from .conftest import (
+    VOICE,
     Server,
     connect,
     link_voice,
@@ -170,3 +174,31 @@ async def test_abandoned_stream_is_closed(tight: Server) -> None:
         assert await reader.read() == b""
     writer.close()
     await still_serves(tight)
+
+
+async def test_an_unusable_cache_dir_costs_a_warning_never_the_server(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A cache dir under a regular file (an odd $HOME in a container): the split goes to
+    this user's temp folder; if that cannot be written either, the voice is used whole.
+    Either way the server starts and speaks."""
+    in_the_way = tmp_path / "a-file"
+    in_the_way.write_text("not a folder")
+    cache = in_the_way / "cache"
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "temp"))  # a real, empty temp
+    with caplog.at_level("WARNING"):
+        async with run_server("--cache-dir", str(cache), "--phrase-cache-mb", "0") as srv:
+            voice = srv.app.pool.loaded()[VOICE]
+            assert isinstance(voice.model.decoder, StagedDecoder)  # still split, so streams
+            await still_serves(srv)
+    warnings = [r.getMessage() for r in caplog.records if "Cannot write the split" in r.message]
+    assert len(warnings) == 1 and str(tmp_path / "temp") in warnings[0]
+    caplog.clear()
+    monkeypatch.setattr(tempfile, "tempdir", str(in_the_way / "temp"))  # temp unusable too
+    with caplog.at_level("WARNING"):
+        async with run_server("--cache-dir", str(cache), "--phrase-cache-mb", "0") as srv:
+            voice = srv.app.pool.loaded()[VOICE]
+            assert isinstance(voice.model.decoder, WholeDecoder)
+            await still_serves(srv)
+    warnings = [r.getMessage() for r in caplog.records if "Cannot write the split" in r.message]
+    assert len(warnings) == 2 and "using the voice whole" in warnings[1]

@@ -21,6 +21,7 @@ from .cache import (
     SplitModel,
     VocoderSplit,
     VocoderStage,
+    fallback_cache_dir,
     read_cache,
     sha256,
     stage_file,
@@ -37,9 +38,28 @@ def split_voice_model(model_path: Path, cache_dir: Path) -> SplitModel | None:
     """Return the cached frontend/decoder split of ``model_path``, computing it if needed.
 
     Returns None when no seam is recognised; that verdict is cached too, so the (slow)
-    analysis of an unsplittable voice is not repeated on every load.
+    analysis of an unsplittable voice is not repeated on every load. A cache dir that
+    cannot be written (read-only, full, a file in the way) costs a warning, never the
+    voice: the split goes to this user's temp folder, or the voice is used whole.
     """
     digest = sha256(model_path)
+    fallback = fallback_cache_dir()
+    for directory in dict.fromkeys((cache_dir, fallback)):
+        try:
+            return _split_into(model_path, directory, digest)
+        except OSError as err:
+            then = f"using {fallback}" if directory != fallback else "using the voice whole"
+            _LOGGER.warning(
+                "Cannot write the split of %s to %s (%s); %s",
+                model_path.name,
+                directory,
+                err.strerror or err,
+                then,
+            )
+    return None
+
+
+def _split_into(model_path: Path, cache_dir: Path, digest: str) -> SplitModel | None:
     entry_dir = cache_dir / digest[:16]
     hit, cached = read_cache(entry_dir, digest)
     if hit:

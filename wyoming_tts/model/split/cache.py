@@ -188,12 +188,23 @@ def write_meta(entry_dir: Path, digest: str, split: SplitModel | None) -> None:
 
 
 def write_atomic(path: Path, data: bytes) -> None:
-    """Write via a temp file + rename so concurrent loaders never see a partial file."""
+    """Write via a temp file + rename so concurrent loaders never see a partial file.
+
+    The data is on disk before the rename, so a power cut leaves the old file or the
+    whole new one, never a renamed file of zeros.
+    """
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def fallback_cache_dir() -> Path:
+    """Where splits go when the configured cache dir cannot be written: this user's temp."""
+    return Path(tempfile.gettempdir()) / f"wyoming-tts-cache-{os.getuid()}"
