@@ -615,6 +615,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="wyoming-tts",
         description="Wyoming text-to-speech server with streaming Piper voices.",
+        epilog="Files instead of a server: wyoming-tts synth --help (books, chapters, "
+        "in parallel, resumable).",
         argument_default=argparse.SUPPRESS,
     )
     parser.add_argument(
