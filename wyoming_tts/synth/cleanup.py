@@ -24,6 +24,8 @@ _URL = re.compile(r"(?:\bhttps?://|\bwww\.)[^\s<>()\[\]\"']+", re.IGNORECASE)
 _PHONEMES = re.compile(r"\[\[.*?\]\]", re.DOTALL)
 _SPACES = re.compile(r"[ \t]+")
 _NUMBERED = re.compile(r"\d+[.)]")
+#: Emphasis delimiters: `**` is one, so "a**a" leaves one open (intraword emphasis).
+_STAR_RUNS = re.compile(r"\*+")
 _SPACE_BEFORE_MARK = re.compile(r"[ \t]+(?=[.,;:!?])")
 #: Markup characters that mean nothing spoken once markdown has been read.
 _STRAY = frozenset("*_#~`|<>{}^\\[]")
@@ -96,8 +98,9 @@ class Cleaner:
             return f"{_HOLD_OPEN}{len(held) - 1}{_HOLD_CLOSE}"
 
         # A piece cut from mid-line is inline text: a placeholder in front keeps a leading
-        # "-" or "#" from reading as a list or heading (it is dropped as a stray symbol).
-        source = _PHONEMES.sub(hold, piece if at_line_start else _MID_LINE + piece.lstrip())
+        # "-" or "#" from reading as a list or heading (it is dropped as a stray symbol),
+        # and the space after it is the one the cut came after (so "_x_" is emphasis).
+        source = _PHONEMES.sub(hold, piece if at_line_start else _MID_LINE + " " + piece.lstrip())
         words = _SPACE_BEFORE_MARK.sub("", _SPACES.sub(" ", self._words(source))).strip()
         for i, span in enumerate(held):
             words = words.replace(f"{_HOLD_OPEN}{i}{_HOLD_CLOSE}", span)
@@ -142,12 +145,12 @@ def clean_text(text: str, name_emoji: bool = False) -> str:
 
 def _sentence(text: str) -> bool:
     """A sentence (not a list's "1.") with no inline markup left open in its line: code,
-    emphasis, a link's text or URL."""
+    emphasis (counted in delimiter runs), a link's text or URL."""
     line = text[text.rfind("\n") + 1 :]
     return (
         any(ch.isalpha() for ch in line)
         and line.count("`") % 2 == 0
-        and line.count("*") % 2 == 0
+        and len(_STAR_RUNS.findall(line)) % 2 == 0
         and _unclosed(line, "[", "]") == 0
         and _unclosed(line, "(", ")") == 0
     )
