@@ -78,8 +78,10 @@ def log_warnings() -> Iterator[_Warnings]:
 async def families(
     tmp_path_factory: pytest.TempPathFactory, log_warnings: _Warnings
 ) -> AsyncIterator[Server]:
-    """A server with the eight test voices, noise off, all of them kept loaded."""
+    """A server with the eight test voices, noise off, all of them loaded split and warm at
+    start (a voice's first use is served whole: `test_first_use.py`)."""
     args = ["--data-dir", str(VOICES_DIR), "--voice", VOICES[0], "--max-voices", "9"]
+    args += ["--preload", ",".join(VOICES[1:])]
     args += ["--cache-dir", str(tmp_path_factory.mktemp("families-cache"))]
     args += ["--noise-scale", "0", "--noise-w-scale", "0"]
     async with run_server(*args) as srv:

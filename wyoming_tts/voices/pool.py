@@ -592,5 +592,10 @@ class VoicePool:
         # Not on the I/O thread: the next request's catalog lookup must not queue behind it.
         await asyncio.to_thread(trim_heap)
 
+    @property
+    def splitter(self) -> BackgroundSplitter | None:
+        """The background splitter (with ``prepare_in_background``), for stats and tests."""
+        return self._splitter
+
     def loaded(self) -> dict[str, LoadedVoice]:
         return {name: slot.voice for name, slot in self._slots.items()}
