@@ -136,6 +136,8 @@ class PoolStats:
     """Loaded voices serving whole utterances until their split voice is ready."""
     upgrades: int = 0
     """Whole voices replaced by their prepared split voice."""
+    preparing: tuple[str, ...] = ()
+    """Whole voices whose split voice is being opened and warmed (or waits for quiet)."""
     splitting: str | None = None
     """The voice being split in the background now."""
     splits_queued: tuple[str, ...] = ()
@@ -170,6 +172,7 @@ class VoicePool:
         self._upgrades: dict[str, asyncio.Task[None]] = {}
         self._upgraded = 0
         self._preparing_bytes = 0  # split voices being prepared, not yet in the RSS reading
+        self._preparing: set[str] = set()
         self._slots: OrderedDict[str, _Slot] = OrderedDict()
         self._loading: dict[str, asyncio.Task[_Slot]] = {}
         self._changed = asyncio.Condition()
@@ -387,6 +390,7 @@ class VoicePool:
             return
         started = time.perf_counter()
         self._preparing_bytes += cost
+        self._preparing.add(slot.name)
         try:
             if not self._current(slot):
                 return
@@ -406,6 +410,7 @@ class VoicePool:
             return
         finally:
             self._preparing_bytes -= cost
+            self._preparing.discard(slot.name)
         if self._current(slot):
             self._swap(slot, replace(ready, load_seconds=time.perf_counter() - started))
 
@@ -570,6 +575,7 @@ class VoicePool:
             waiting_requests=self._scheduler.waiting_requests,
             whole=tuple(n for n, s in self._slots.items() if s.voice.provisional),
             upgrades=self._upgraded,
+            preparing=tuple(sorted(self._preparing)),
             splitting=splitter.running if splitter is not None else None,
             splits_queued=splitter.queued if splitter is not None else (),
             splits=splitter.splits if splitter is not None else 0,
