@@ -169,7 +169,7 @@ class VoicePool:
         self._splitter = (
             BackgroundSplitter(config.load.cache_dir) if config.prepare_in_background else None
         )
-        self._upgrades: dict[str, asyncio.Task[None]] = {}
+        self._upgrades: dict[_Slot, asyncio.Task[None]] = {}
         self._upgraded = 0
         self._preparing_bytes = 0  # split voices being prepared, not yet in the RSS reading
         self._preparing: set[str] = set()
@@ -335,6 +335,8 @@ class VoicePool:
         old = self._slots.pop(entry.name, None)
         if old is not None and old.in_use == 0:
             self._evictions["replaced"] += 1
+        if old is not None and (upgrade := self._upgrades.pop(old, None)) is not None:
+            upgrade.cancel()  # a split voice of the files replaced
         self._slots[entry.name] = slot
         self._loads += 1
         self._load_seconds += voice.load_seconds
@@ -353,17 +355,17 @@ class VoicePool:
 
     def _start_upgrade(self, slot: _Slot) -> None:
         """Prepare the split voice that is to replace this whole one, unless under way."""
-        if self._splitter is None or self._closed or slot.settled or slot.name in self._upgrades:
+        if self._splitter is None or self._closed or slot.settled or slot in self._upgrades:
             return
         task = asyncio.create_task(self._upgrade(slot), name=f"prepare-{slot.name}")
-        self._upgrades[slot.name] = task
-        task.add_done_callback(partial(self._upgrade_done, slot.name))
+        self._upgrades[slot] = task
+        task.add_done_callback(partial(self._upgrade_done, slot))
 
-    def _upgrade_done(self, name: str, task: asyncio.Task[None]) -> None:
-        if self._upgrades.get(name) is task:
-            del self._upgrades[name]
+    def _upgrade_done(self, slot: _Slot, task: asyncio.Task[None]) -> None:
+        if self._upgrades.get(slot) is task:
+            del self._upgrades[slot]
         if not task.cancelled() and task.exception() is not None:
-            _LOGGER.error("Preparing voice %s failed", name, exc_info=task.exception())
+            _LOGGER.error("Preparing voice %s failed", slot.name, exc_info=task.exception())
 
     def _current(self, slot: _Slot) -> bool:
         """The slot is still the pool's copy of its voice (not unloaded, replaced, stale)."""
@@ -494,9 +496,9 @@ class VoicePool:
     def _unload(self, slot: _Slot, reason: str) -> None:
         if self._slots.get(slot.name) is slot:
             del self._slots[slot.name]
-            upgrade = self._upgrades.pop(slot.name, None)
-            if upgrade is not None:
-                upgrade.cancel()  # its split voice would have nothing to replace
+        upgrade = self._upgrades.pop(slot, None)
+        if upgrade is not None:
+            upgrade.cancel()  # its split voice would have nothing to replace
         self._evictions[reason] += 1
         _LOGGER.info("Unloaded voice %s (%s); %s", slot.name, reason, self.stats())
 
