@@ -22,6 +22,7 @@ from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from ..model.split import cached_verdict
 from .catalog import VoiceEntry
 
 _LOGGER = logging.getLogger(__name__)
@@ -58,7 +59,7 @@ class BackgroundSplitter:
         self.history: deque[tuple[str, str]] = deque(maxlen=HISTORY)
         """("start" | "end", voice) as splits begin and finish, oldest first."""
         self.splits = 0
-        """Children run to the end (a voice found already split counts too)."""
+        """Voices looked at to the end: split now, or found in the cache."""
 
     @property
     def queued(self) -> tuple[str, ...]:
@@ -145,8 +146,17 @@ class BackgroundSplitter:
     def _split(self, entry: VoiceEntry) -> bool | None:
         """On the splitter's thread: one child, waited for; its warnings logged here.
 
-        True: split; False: no seam; None: the child failed (or was stopped).
+        True: split; False: no seam; None: the child failed (or was stopped). A voice
+        already in the cache (a restart, an alias of another) needs no child: the check
+        only reads and hashes files.
         """
+        try:
+            cached = cached_verdict(entry.model_path, self._cache_dir)
+        except OSError as err:  # gone or unreadable: its requests will say so
+            _LOGGER.warning("Cannot read voice %s to split it: %s", entry.name, err)
+            return None
+        if cached is not None:
+            return cached
         command = [sys.executable, "-m", SPLIT_MODULE, str(entry.model_path), str(self._cache_dir)]
         proc = subprocess.Popen(
             command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE

@@ -59,6 +59,18 @@ def split_voice_model(model_path: Path, cache_dir: Path) -> SplitModel | None:
     return None
 
 
+def cached_verdict(model_path: Path, cache_dir: Path) -> bool | None:
+    """What `split_voice_model` would find in a cache without splitting: True (a split),
+    False (a cached "no seam"), None (nothing cached: it would split). Reads and hashes
+    files only, so a caller can decide whether a split is needed at all."""
+    digest = sha256(model_path)
+    for directory in dict.fromkeys((cache_dir, fallback_cache_dir())):
+        hit, split = read_cache(directory / digest[:16], digest)
+        if hit:
+            return split is not None
+    return None
+
+
 def _split_into(model_path: Path, cache_dir: Path, digest: str) -> SplitModel | None:
     entry_dir = cache_dir / digest[:16]
     hit, cached = read_cache(entry_dir, digest)
