@@ -157,7 +157,10 @@ class BackgroundSplitter:
             return None
         if cached is not None:
             return cached
-        command = [sys.executable, "-m", SPLIT_MODULE, str(entry.model_path), str(self._cache_dir)]
+        # Python's own warnings (onnx deprecations) are not the user's business; the
+        # split's log lines are, and each comes back as one of ours.
+        command = [sys.executable, "-W", "ignore", "-m", SPLIT_MODULE]
+        command += [str(entry.model_path), str(self._cache_dir)]
         proc = subprocess.Popen(
             command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE
         )
