@@ -24,6 +24,8 @@ import pytest
 from wyoming.info import Describe
 from wyoming.tts import Synthesize, SynthesizeVoice
 
+from wyoming_tts.config import bundled_voice_dir
+from wyoming_tts.model.split import split_voice_model
 from wyoming_tts.model.split.cache import META_FILE, sha256
 from wyoming_tts.model.vits import StagedDecoder, WholeDecoder
 from wyoming_tts.voices.pool import VoicePool
@@ -41,14 +43,25 @@ WAIT = 120.0
 
 
 @pytest.fixture(scope="module")
-def module_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The bundled voice's split is kept between this module's servers; the test voices'
-    are not there until a server splits them (each test uses voices of its own)."""
-    return tmp_path_factory.mktemp("first-use-cache")
+def default_split(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The bundled voice's cache entry, split once for the module."""
+    cache = tmp_path_factory.mktemp("first-use-cache")
+    model = bundled_voice_dir() / f"{VOICE}.onnx"
+    assert split_voice_model(model, cache) is not None
+    return cache / sha256(model)[:16]
+
+
+@pytest.fixture
+def cache(tmp_path: Path, default_split: Path) -> Path:
+    """A cache holding the bundled voice's split alone: no test voice was ever split."""
+    path = tmp_path / "cache"
+    shutil.copytree(default_split, path / default_split.name)
+    return path
 
 
 @contextlib.asynccontextmanager
 async def serving(data_dir: Path, cache: Path, *args: str) -> AsyncIterator[Server]:
+    """The real server on a loopback port, noise off (so replies can be compared)."""
     await asyncio.to_thread(data_dir.mkdir, parents=True, exist_ok=True)
     noise_off = ("--noise-scale", "0", "--noise-w-scale", "0")
     async with run_server(
@@ -155,15 +168,15 @@ def correlation(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.corrcoef(a[:n].astype(np.float64), b[:n].astype(np.float64))[0, 1])
 
 
-async def test_a_new_voice_is_split_before_any_request(tmp_path: Path, module_cache: Path) -> None:
+async def test_a_new_voice_is_split_before_any_request(tmp_path: Path, cache: Path) -> None:
     data = tmp_path / "data"
     name = "en_US-test-x_low"
-    async with serving(data, module_cache) as srv:
+    async with serving(data, cache) as srv:
         pool = srv.app.pool
         copy_voice(data, name)
-        assert not split_done(module_cache, name)
+        assert not split_done(cache, name)
         await describe(srv)
-        await wait_for(lambda: split_done(module_cache, name), f"{name} was not split")
+        await wait_for(lambda: split_done(cache, name), f"{name} was not split")
         stats = pool.stats()
         assert name not in pool.loaded(), "split, not loaded"
         assert (stats.loads, stats.misses, stats.hits) == (1, 0, 0), "no request was made"
@@ -171,19 +184,19 @@ async def test_a_new_voice_is_split_before_any_request(tmp_path: Path, module_ca
 
 
 async def test_first_request_is_served_whole_then_the_voice_streams_split(
-    tmp_path: Path, module_cache: Path
+    tmp_path: Path, cache: Path
 ) -> None:
     """While its split is held, a voice's first request is answered whole (and a request
     on another voice is answered too); then the split voice takes over, saying the same."""
     data = tmp_path / "data"
-    async with serving(data, module_cache) as srv:
+    async with serving(data, cache) as srv:
         pool = srv.app.pool
         copy_voice(data, BIG)
         await describe(srv)
         with stopped(await caught_splitting(srv, BIG)):
             default = await speak(srv, VOICE)  # never behind the split
             first = await speak(srv, BIG, speaker="ben")
-            assert pool.stats().splitting == BIG and not split_done(module_cache, BIG)
+            assert pool.stats().splitting == BIG and not split_done(cache, BIG)
             assert isinstance(decoder_of(pool, BIG), WholeDecoder)
             assert pool.stats().whole == (BIG,)
         assert rms_dbfs(default.audio) > -35
@@ -192,7 +205,7 @@ async def test_first_request_is_served_whole_then_the_voice_streams_split(
         await wait_for(lambda: pool.stats().upgrades == 1, f"{BIG} was never prepared split")
         assert isinstance(decoder_of(pool, BIG), StagedDecoder)
         assert pool.stats().whole == ()
-        assert split_done(module_cache, BIG)
+        assert split_done(cache, BIG)
         later = await speak(srv, BIG, speaker="ben")
         assert_heard(later, BIG)
         # Noise off: the same speech, once peak-normalised whole, once at the fixed gain.
@@ -204,14 +217,14 @@ async def test_first_request_is_served_whole_then_the_voice_streams_split(
 
 @pytest.mark.parametrize("name", [v for v in VOICES if v != BIG])
 async def test_every_family_is_heard_on_first_use_and_after(
-    tmp_path: Path, module_cache: Path, name: str
+    tmp_path: Path, cache: Path, name: str
 ) -> None:
     """Whole at first (the split may be done by then: a cold voice is always served
     whole), split once prepared; noise off, both say the same."""
     data = tmp_path / "data"
     copy_voice(data, name)
     speaker = "ben" if "-testmulti-" in name else None
-    async with serving(data, module_cache) as srv:
+    async with serving(data, cache) as srv:
         pool = srv.app.pool
         first = await speak(srv, name, speaker)
         assert_heard(first, name)
@@ -224,10 +237,10 @@ async def test_every_family_is_heard_on_first_use_and_after(
         assert pool.stats().loads == 2, "the split voice replaced the whole one: no load"
 
 
-async def test_background_splits_run_one_at_a_time(tmp_path: Path, module_cache: Path) -> None:
+async def test_background_splits_run_one_at_a_time(tmp_path: Path, cache: Path) -> None:
     data = tmp_path / "data"
     others = ["en_US-testmulti-x_low", "en_US-testmulti-low"]
-    async with serving(data, module_cache) as srv:
+    async with serving(data, cache) as srv:
         pool = srv.app.pool
         for name in (BIG, *others):
             copy_voice(data, name)
@@ -237,9 +250,9 @@ async def test_background_splits_run_one_at_a_time(tmp_path: Path, module_cache:
             await asyncio.sleep(1.0)  # room for a wrongly started second child to show
             assert len(split_children()) == 1
             assert set(pool.stats().splits_queued) == set(others)
-            assert not any(split_done(module_cache, n) for n in others)
+            assert not any(split_done(cache, n) for n in others)
         names = (BIG, *others)
-        await wait_for(lambda: all(split_done(module_cache, n) for n in names), "not all split")
+        await wait_for(lambda: all(split_done(cache, n) for n in names), "not all split")
         splitter = pool.splitter
         assert splitter is not None
         history = [h for h in splitter.history if h[1] in names]

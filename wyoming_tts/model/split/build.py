@@ -60,15 +60,13 @@ def split_voice_model(model_path: Path, cache_dir: Path) -> SplitModel | None:
 
 
 def cached_verdict(model_path: Path, cache_dir: Path) -> bool | None:
-    """What `split_voice_model` would find in a cache without splitting: True (a split),
-    False (a cached "no seam"), None (nothing cached: it would split). Reads and hashes
-    files only, so a caller can decide whether a split is needed at all."""
+    """What `split_voice_model` would find in ``cache_dir`` without splitting: True (a
+    split), False (a cached "no seam"), None (nothing usable: it would split, or look in
+    the fallback). Reads and hashes files only, so a caller can tell whether a split is
+    needed at all."""
     digest = sha256(model_path)
-    for directory in dict.fromkeys((cache_dir, fallback_cache_dir())):
-        hit, split = read_cache(directory / digest[:16], digest)
-        if hit:
-            return split is not None
-    return None
+    hit, split = read_cache(cache_dir / digest[:16], digest)
+    return (split is not None) if hit else None
 
 
 def _split_into(model_path: Path, cache_dir: Path, digest: str) -> SplitModel | None:
