@@ -152,8 +152,8 @@ class BackgroundSplitter:
         """
         try:
             cached = cached_verdict(entry.model_path, self._cache_dir)
-        except OSError as err:  # gone or unreadable: its requests will say so
-            _LOGGER.warning("Cannot read voice %s to split it: %s", entry.name, err)
+        except OSError as problem:  # gone or unreadable: its requests will say so
+            _LOGGER.warning("Cannot read voice %s to split it: %s", entry.name, problem)
             return None
         if cached is not None:
             return cached
@@ -168,10 +168,10 @@ class BackgroundSplitter:
         if self._closed:
             proc.kill()
         try:
-            out, err = proc.communicate()
+            out, errors = proc.communicate()
         finally:
             self._proc = None
-        lines = [line for line in err.decode("utf-8", "replace").splitlines() if line.strip()]
+        lines = [line for line in errors.decode("utf-8", "replace").splitlines() if line.strip()]
         if proc.returncode != 0:
             if not self._closed:
                 last = lines[-1] if lines else f"exit status {proc.returncode}"
