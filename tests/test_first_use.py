@@ -252,7 +252,13 @@ async def test_background_splits_run_one_at_a_time(tmp_path: Path, cache: Path) 
             assert set(pool.stats().splits_queued) == set(others)
             assert not any(split_done(cache, n) for n in others)
         names = (BIG, *others)
-        await wait_for(lambda: all(split_done(cache, n) for n in names), "not all split")
+
+        def all_split() -> bool:
+            stats = pool.stats()
+            idle = stats.splitting is None and not stats.splits_queued
+            return idle and all(split_done(cache, n) for n in names)
+
+        await wait_for(all_split, "not all split")
         splitter = pool.splitter
         assert splitter is not None
         history = [h for h in splitter.history if h[1] in names]
