@@ -83,12 +83,13 @@ def split_done(cache: Path, name: str) -> bool:
     return meta.is_file() and json.loads(meta.read_text("utf-8"))["sha256"] == digest
 
 
-def split_children() -> list[psutil.Process]:
-    """Background split processes of this (the server's) process."""
+def split_children(voice: str = "") -> list[psutil.Process]:
+    """Background split processes of this (the server's) process, of ``voice`` if named."""
     found = []
     for child in psutil.Process().children(recursive=True):
         with contextlib.suppress(psutil.Error):
-            if SPLIT_MODULE in " ".join(child.cmdline()):
+            command = " ".join(child.cmdline())
+            if SPLIT_MODULE in command and voice in command:
                 found.append(child)
     return found
 
@@ -124,14 +125,8 @@ async def caught_splitting(server: Server, name: str) -> psutil.Process:
     """The split child of ``name``, once the pool says it is being split."""
     pool = server.app.pool
     await wait_for(lambda: pool.stats().splitting == name, f"{name} was never split")
-    children: list[psutil.Process] = []
-
-    def found() -> bool:
-        children[:] = [c for c in split_children() if name in " ".join(c.cmdline())]
-        return bool(children)
-
-    await wait_for(found, f"no child process splits {name}", timeout=10)
-    return children[0]
+    await wait_for(lambda: bool(split_children(name)), f"no child splits {name}", timeout=10)
+    return split_children(name)[0]
 
 
 async def speak(server: Server, name: str, speaker: str | None = None) -> Response:
