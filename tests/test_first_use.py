@@ -22,7 +22,6 @@ import numpy as np
 import psutil
 import pytest
 from wyoming.info import Describe
-from wyoming.tts import Synthesize, SynthesizeVoice
 
 from wyoming_tts.config import bundled_voice_dir
 from wyoming_tts.model.split import split_voice_model
@@ -31,7 +30,16 @@ from wyoming_tts.model.vits import StagedDecoder, WholeDecoder
 from wyoming_tts.voices.pool import VoicePool
 from wyoming_tts.voices.splitter import SPLIT_MODULE
 
-from .conftest import VOICE, Response, Server, connect, read_until, rms_dbfs, run_server
+from .conftest import (
+    VOICE,
+    Response,
+    Server,
+    connect,
+    read_until,
+    rms_dbfs,
+    run_server,
+    speak_as,
+)
 
 VOICES_DIR = Path(__file__).parent / "voices"
 VOICES = sorted(p.name.removesuffix(".onnx") for p in VOICES_DIR.glob("*.onnx"))
@@ -129,15 +137,6 @@ async def caught_splitting(server: Server, name: str) -> psutil.Process:
     return split_children(name)[0]
 
 
-async def speak(server: Server, name: str, speaker: str | None = None) -> Response:
-    async with connect(server.uri) as client:
-        voice = SynthesizeVoice(name=name, speaker=speaker)
-        await client.write_event(Synthesize(text=TEXT, voice=voice).event())
-        resp = await read_until(client)
-    assert resp.types[-1] == "audio-stop", resp.error
-    return resp
-
-
 def config(name: str) -> dict[str, object]:
     data: dict[str, object] = json.loads((VOICES_DIR / f"{name}.onnx.json").read_text("utf-8"))
     return data
@@ -189,8 +188,8 @@ async def test_first_request_is_served_whole_then_the_voice_streams_split(
         copy_voice(data, BIG)
         await describe(srv)
         with stopped(await caught_splitting(srv, BIG)):
-            default = await speak(srv, VOICE)  # never behind the split
-            first = await speak(srv, BIG, speaker="ben")
+            default = await speak_as(srv, VOICE, TEXT)  # never behind the split
+            first = await speak_as(srv, BIG, TEXT, "ben")
             assert pool.stats().splitting == BIG and not split_done(cache, BIG)
             assert isinstance(decoder_of(pool, BIG), WholeDecoder)
             assert pool.stats().whole == (BIG,)
@@ -201,12 +200,12 @@ async def test_first_request_is_served_whole_then_the_voice_streams_split(
         assert isinstance(decoder_of(pool, BIG), StagedDecoder)
         assert pool.stats().whole == ()
         assert split_done(cache, BIG)
-        later = await speak(srv, BIG, speaker="ben")
+        later = await speak_as(srv, BIG, TEXT, "ben")
         assert_heard(later, BIG)
         # Noise off: the same speech, once peak-normalised whole, once at the fixed gain.
         assert correlation(first.audio, later.audio) > 0.99
         # ... and the whole graph heard the speaker: closer to ben split than to ana.
-        other = await speak(srv, BIG, speaker="ana")
+        other = await speak_as(srv, BIG, TEXT, "ana")
         assert correlation(first.audio, other.audio) < correlation(first.audio, later.audio)
 
 
@@ -221,12 +220,12 @@ async def test_every_family_is_heard_on_first_use_and_after(
     speaker = "ben" if "-testmulti-" in name else None
     async with serving(data, cache) as srv:
         pool = srv.app.pool
-        first = await speak(srv, name, speaker)
+        first = await speak_as(srv, name, TEXT, speaker)
         assert_heard(first, name)
         assert pool.stats().loads == 2 and name in pool.loaded()
         await wait_for(lambda: pool.stats().upgrades == 1, f"{name} was never prepared split")
         assert isinstance(decoder_of(pool, name), StagedDecoder)
-        later = await speak(srv, name, speaker)
+        later = await speak_as(srv, name, TEXT, speaker)
         assert_heard(later, name)
         assert correlation(first.audio, later.audio) > 0.99
         assert pool.stats().loads == 2, "the split voice replaced the whole one: no load"
