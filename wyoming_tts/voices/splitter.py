@@ -23,6 +23,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from ..model.split import cached_verdict
+from ..runtime.scheduler import lowest_priority
 from .catalog import VoiceEntry
 
 _LOGGER = logging.getLogger(__name__)
@@ -165,6 +166,7 @@ class BackgroundSplitter:
             command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE
         )
         self._proc = proc
+        lowest_priority(proc.pid)  # at once, for its imports too
         if self._closed:
             proc.kill()
         try:

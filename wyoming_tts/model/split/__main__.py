@@ -11,30 +11,20 @@ stderr, one a line, for the server to log.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
-import os
 import sys
 from pathlib import Path
 
+from ...runtime.scheduler import lowest_priority
 from .build import split_voice_model
-
-
-def _lowest_priority() -> None:
-    """Run only when a CPU is idle (SCHED_IDLE), else at nice 19; best effort."""
-    try:
-        os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
-    except (AttributeError, OSError):
-        with contextlib.suppress(OSError):
-            os.nice(19)
 
 
 def main(argv: list[str]) -> int:
     if len(argv) != 2:
         print("usage: python -m wyoming_tts.model.split MODEL CACHE_DIR", file=sys.stderr)
         return 2
-    _lowest_priority()
+    lowest_priority()  # the server sets it too, before this runs
     logging.basicConfig(level=logging.WARNING, format="%(message)s", stream=sys.stderr)
     split = split_voice_model(Path(argv[0]), Path(argv[1]))
     print(json.dumps({"split": split is not None}), flush=True)
