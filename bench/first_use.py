@@ -159,7 +159,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--piper-python", type=Path, default=REPO / ".cache/bench-venv/bin/python")
     parser.add_argument("--ours-python", type=Path, default=Path(sys.executable))
     parser.add_argument("--output", type=Path, help="JSON results (default: bench/results/).")
-    return parser.parse_args(argv)
+    opts = parser.parse_args(argv)
+    # Servers run in their own work dirs: relative paths would point elsewhere there
+    # (absolute, not resolved: a venv's python is a symlink that must stay one).
+    for key in ("voices_dir", "piper_python", "ours_python"):
+        setattr(opts, key, getattr(opts, key).absolute())
+    return opts
 
 
 def main(argv: Sequence[str] | None = None) -> int:
