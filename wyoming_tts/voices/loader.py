@@ -368,7 +368,7 @@ class WarmUp:
 
     def _reach_working_size(self) -> None:
         _reach_working_size(
-            self._voice, self._params, self._utterances, MAX_UTTERANCE_IDS, MAX_CHUNK_FRAMES
+            self._voice, self._params, MAX_UTTERANCE_IDS, MAX_CHUNK_FRAMES, self._utterances
         )
 
 
@@ -397,16 +397,19 @@ def phonemizer_problem(phoneme_type: str, entry: VoiceEntry) -> str | None:
 def _reach_working_size(
     voice: LoadedVoice,
     params: SynthParams,
-    pieces: Sequence[Sequence[int]],
     max_ids: int,
     max_chunk_frames: int,
+    pieces: Sequence[Sequence[int]] | None = None,
 ) -> None:
     """Run flow and vocoder once over the largest inputs the engine can give them.
 
     Kept arenas grow to the largest run they have seen, by powers of two: a first long
     reply would otherwise add ~30 MB that stays. The utterance is the calibration
-    text's ids (``pieces``) repeated up to ``max_ids``; its audio is thrown away.
+    text's ids (``pieces``, if already phonemized) repeated up to ``max_ids``; its audio
+    is thrown away.
     """
+    if pieces is None:
+        pieces = voice.phoneme_ids(_calibration_text(voice), max_ids)
     ids: list[int] = []
     while pieces and len(ids) < max_ids:
         for piece in pieces:
