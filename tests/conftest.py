@@ -33,7 +33,7 @@ from wyoming.audio import AudioChunk, AudioStart, AudioStop
 from wyoming.client import AsyncTcpClient
 from wyoming.error import Error
 from wyoming.event import Event
-from wyoming.tts import Synthesize
+from wyoming.tts import Synthesize, SynthesizeVoice
 
 from wyoming_tts import discovery
 from wyoming_tts.config import bundled_voice_dir, load_settings
@@ -202,6 +202,18 @@ async def read_until(
             resp.events.append(event)
             if event.type in wanted:
                 break
+    return resp
+
+
+async def speak_as(
+    server: Server | ServerProcess, voice: str, text: str, speaker: str | None = None
+) -> Response:
+    """One `synthesize` naming a voice (and a speaker), read to its audio-stop."""
+    async with connect(server.uri) as client:
+        named = SynthesizeVoice(name=voice, speaker=speaker)
+        await client.write_event(Synthesize(text=text, voice=named).event())
+        resp = await read_until(client)
+    assert resp.types[-1] == "audio-stop", resp.error
     return resp
 
 

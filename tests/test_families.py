@@ -18,13 +18,12 @@ import numpy as np
 import onnx
 import pytest
 from wyoming.info import Describe, Info
-from wyoming.tts import Synthesize, SynthesizeVoice
 
 from wyoming_tts.audio import fade_in, fade_out, to_pcm16
 from wyoming_tts.model.vits import StagedDecoder
 from wyoming_tts.voices.loader import LoadedVoice
 
-from .conftest import Response, Server, connect, read_until, rms_dbfs, run_server
+from .conftest import Server, connect, read_until, rms_dbfs, run_server, speak_as
 from .voices.structure import structure
 
 VOICES_DIR = Path(__file__).parent / "voices"
@@ -78,23 +77,14 @@ def log_warnings() -> Iterator[_Warnings]:
 async def families(
     tmp_path_factory: pytest.TempPathFactory, log_warnings: _Warnings
 ) -> AsyncIterator[Server]:
-    """A server with the eight test voices, noise off, all of them kept loaded."""
+    """A server with the eight test voices, noise off, all of them loaded split and warm at
+    start (a voice's first use is served whole: `test_first_use.py`)."""
     args = ["--data-dir", str(VOICES_DIR), "--voice", VOICES[0], "--max-voices", "9"]
+    args += ["--preload", ",".join(VOICES[1:])]
     args += ["--cache-dir", str(tmp_path_factory.mktemp("families-cache"))]
     args += ["--noise-scale", "0", "--noise-w-scale", "0"]
     async with run_server(*args) as srv:
         yield srv
-
-
-async def _speak(
-    server: Server, name: str, text: str = TEXT, speaker: str | None = None
-) -> Response:
-    async with connect(server.uri) as client:
-        voice = SynthesizeVoice(name=name, speaker=speaker)
-        await client.write_event(Synthesize(text=text, voice=voice).event())
-        resp = await read_until(client)
-    assert resp.types[-1] == "audio-stop", resp.error
-    return resp
 
 
 def _loaded(server: Server, name: str) -> LoadedVoice:
@@ -119,7 +109,7 @@ async def test_family_streams_what_a_whole_decode_says(
 ) -> None:
     """Heard: the voice's own rate, speech, a fitting length; streamed through the flow/
     vocoder split (no fallback), each chunk as the whole utterance decoded at once."""
-    resp = await _speak(families, name)
+    resp = await speak_as(families, name, TEXT)
     rate = _config(name)["audio"]["sample_rate"]
     assert (resp.start.rate, resp.start.width, resp.start.channels) == (rate, 2, 1)
     assert all((c.rate, c.width, c.channels) == (rate, 2, 1) for c in resp.chunks)
@@ -144,9 +134,9 @@ async def test_family_streams_what_a_whole_decode_says(
 async def test_speaker_by_name_and_by_id(families: Server, name: str) -> None:
     """Each speaker sounds different; a speaker's name and its id say the same."""
     speakers = _config(name)["speaker_id_map"]
-    by_name = {s: (await _speak(families, name, speaker=s)).audio for s in speakers}
+    by_name = {s: (await speak_as(families, name, TEXT, s)).audio for s in speakers}
     for speaker, sid in speakers.items():
-        by_id = (await _speak(families, name, speaker=str(sid))).audio
+        by_id = (await speak_as(families, name, TEXT, str(sid))).audio
         # Chunks are planned from timing, so seams may fall elsewhere: within MAX_LSB.
         assert by_id.shape == by_name[speaker].shape
         assert np.abs(by_id.astype(np.int32) - by_name[speaker]).max() <= MAX_LSB

@@ -8,6 +8,7 @@ wall-clock duration.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -17,6 +18,7 @@ from typing import Any
 import pytest
 
 from wyoming_tts.errors import Busy, MemoryExhausted, VoiceLoadFailed, VoiceNotFound
+from wyoming_tts.model.vits import StagedDecoder, WholeDecoder
 from wyoming_tts.runtime.scheduler import Scheduler
 from wyoming_tts.voices.catalog import VoiceCatalog, VoiceEntry
 from wyoming_tts.voices.loader import LoadedVoice, LoadOptions, load_voice
@@ -73,6 +75,7 @@ def make_pool(
     load_wait_timeout: float = 2.0,
     loader: Any = None,
     scheduler: Scheduler | None = None,
+    prepare_in_background: bool = False,
 ) -> tuple[VoicePool, CountingLoader]:
     counting = loader or CountingLoader()
     clock = clock or time.monotonic
@@ -85,6 +88,7 @@ def make_pool(
             memory_threshold_bytes=memory_threshold_mb * MB,
             pin_preloaded=True,
             load_wait_timeout=load_wait_timeout,
+            prepare_in_background=prepare_in_background,
         ),
         VoiceCatalog([voices_dir], ttl=60, clock=clock),
         scheduler or Scheduler(workers=2),
@@ -283,3 +287,107 @@ async def test_warm_up_times_the_decoder(voices_dir, cache_dir, closing) -> None
     closing.append(pool)
     async with pool.acquire("en_US-a-medium") as voice:
         assert 0.0 < voice.frame_seconds < 0.01
+
+
+class RecordingScheduler(Scheduler):
+    """The real scheduler, noting the name of every step it is given."""
+
+    def __init__(self, workers: int) -> None:
+        super().__init__(workers)
+        self.steps: list[str] = []
+
+    async def run(self, func: Any, *args: object, urgent: bool = False) -> Any:
+        self.steps.append(getattr(func, "__name__", type(func).__name__))
+        return await super().run(func, *args, urgent=urgent)
+
+
+async def until(condition: Any, what: str, timeout: float = 120.0) -> None:
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(timeout):
+            while not condition():  # noqa: ASYNC110 (the pool's state)
+                await asyncio.sleep(0.02)
+    assert condition(), what
+
+
+async def test_first_requests_share_one_whole_load_and_finish_on_it(
+    voices_dir, cache_dir, closing
+) -> None:
+    """Concurrent first requests: one whole load, no split or warm-up load; a request that
+    holds the whole voice keeps it when the split voice takes its place."""
+    pool, loader = make_pool(voices_dir, cache_dir, prepare_in_background=True)
+    closing.append(pool)
+    pool.start_maintenance()
+    name = "en_US-a-medium"
+    held = asyncio.Event()
+    release = asyncio.Event()
+    voices: list[LoadedVoice] = []
+
+    async def hold() -> None:
+        async with pool.acquire(name) as voice:
+            voices.append(voice)
+            held.set()
+            await release.wait()
+            voices.append(voice)
+
+    holder = asyncio.create_task(hold())
+    await asyncio.gather(*(use(pool, name) for _ in range(5)))
+    await held.wait()
+    assert loader.calls == [], "the full loader (split and warm-up) never ran for a request"
+    assert pool.stats().loads == 1 and pool.stats().whole == (name,)
+    assert voices[0].provisional and isinstance(voices[0].model.decoder, WholeDecoder)
+    await until(lambda: pool.stats().upgrades == 1, "the split voice never took over")
+    async with pool.acquire(name) as now:
+        assert not now.provisional and isinstance(now.model.decoder, StagedDecoder)
+        assert now.gain > 0 and now.frame_seconds > 0
+    release.set()
+    await holder
+    assert voices[1] is voices[0], "a request in flight finished on the voice it began with"
+    assert pool.stats().loads == 1 and set(pool.loaded()) == {name}
+
+
+async def test_preparation_waits_for_quiet(voices_dir, cache_dir, closing) -> None:
+    """No step of a split voice's preparation is queued while a request is in flight."""
+    scheduler = RecordingScheduler(workers=2)
+    pool, _ = make_pool(voices_dir, cache_dir, prepare_in_background=True, scheduler=scheduler)
+    closing.append(pool)
+    pool.start_maintenance()
+    name = "en_US-b-medium"
+    with scheduler.request():
+        await use(pool, name)
+        await until(lambda: pool.stats().preparing == (name,), "the split never ended")
+        await asyncio.sleep(0.5)  # ten looks at the scheduler, each finding a request
+        assert scheduler.steps == []
+    await until(lambda: pool.stats().upgrades == 1, "not prepared once quiet")
+    # Opened, then warmed a step at a time: the calibration text, then each utterance.
+    assert scheduler.steps[:2] == ["open_voice", "_phonemize"]
+    assert "partial" in scheduler.steps
+
+
+async def test_preparation_waits_for_memory(voices_dir, cache_dir, closing) -> None:
+    """A split voice that would pass the memory threshold is not prepared until it fits;
+    its cost counts against loads while it is prepared."""
+    state = {"rss": 100 * MB}
+    scheduler = RecordingScheduler(workers=2)
+    pool, _ = make_pool(
+        voices_dir,
+        cache_dir,
+        memory=lambda: state["rss"],
+        memory_threshold_mb=1000,
+        scheduler=scheduler,
+        prepare_in_background=True,
+    )
+    closing.append(pool)
+    pool.start_maintenance()
+    name = "en_US-c-medium"
+    with scheduler.request():  # held until memory is short, so nothing starts early
+        await use(pool, name)
+        state["rss"] = 990 * MB
+    splitter = pool.splitter
+    assert splitter is not None
+    await until(lambda: splitter.splits >= 1 and splitter.running is None, "never split")
+    await asyncio.sleep(0.5)
+    assert pool.stats().preparing == () and scheduler.steps == []
+    assert pool.stats().whole == (name,)
+    state["rss"] = 100 * MB
+    await pool.maintain()  # retries once memory is there
+    await until(lambda: pool.stats().upgrades == 1, "not prepared once memory was there")

@@ -308,6 +308,27 @@ def test_deterministic_split_matches_original_model(
     assert _max_lsb(ours, reference.reshape(-1)) <= MAX_LSB
 
 
+def test_whole_load_speaks_as_piper_with_its_peak_normalised(
+    piper_voice: PiperVoice, phoneme_ids: dict[str, list[int]]
+) -> None:
+    """A first use's voice: piper's graph in one session (no split, no cache), each
+    utterance scaled to a peak of 1 as piper's `synthesize` does; chunks are its slices."""
+    whole = VitsModel.load_whole(MODEL_PATH, _session_options(), HOP)
+    assert isinstance(whole.decoder, WholeDecoder)
+    ids = phoneme_ids["short"]
+    config = SynthesisConfig(
+        noise_scale=DETERMINISTIC[0], length_scale=DETERMINISTIC[1], noise_w_scale=DETERMINISTIC[2]
+    )
+    raw = np.asarray(piper_voice.phoneme_ids_to_audio(ids, config), dtype=np.float32).reshape(-1)
+    latent = whole.frontend(ids, DETERMINISTIC, None)
+    ours = whole.decode(latent, 0, latent.num_frames)
+    assert float(np.max(np.abs(ours))) == pytest.approx(1.0)
+    assert _max_lsb(ours, raw / np.max(np.abs(raw))) <= MAX_LSB
+    cut = latent.num_frames // 3
+    pieces = [whole.decode(latent, 0, cut), whole.decode(latent, cut, latent.num_frames)]
+    np.testing.assert_array_equal(np.concatenate(pieces), ours)
+
+
 def test_decode_validates_range(
     model: VitsModel, latents: dict[str, tuple[Latent, np.ndarray]]
 ) -> None:

@@ -42,6 +42,8 @@ STAGE_WINDOW_FRAMES = 64
 _PROBE_IDS = (1, 0, 2, 0, 1, 0, 2)
 #: How far (as float audio) a probe's partial decode may be from its whole decode.
 _PROBE_TOLERANCE = 2 / 32767
+#: Below this peak an utterance is silence, not something to normalise (piper's bound).
+_SILENT_PEAK = 1e-8
 
 FloatArray = npt.NDArray[np.float32]
 
@@ -97,13 +99,21 @@ class WholeDecoder:
 
     flows_separately = False
 
-    def __init__(self, audio_name: str, hop_length: int, margin: int) -> None:
+    def __init__(
+        self, audio_name: str, hop_length: int, margin: int, *, normalize: bool = False
+    ) -> None:
         self.margin = margin  # nothing is decoded twice, but the engine sizes chunks by it
+        self.normalize = normalize
+        """Each utterance is scaled to a peak of 1, as piper does: a voice served whole
+        needs no calibrated gain (`VitsModel.load_whole`)."""
         self._audio_name = audio_name
         self._hop = hop_length
 
     def latent(self, outputs: Mapping[str, np.ndarray]) -> Latent:
         audio = outputs[self._audio_name].reshape(-1).astype(np.float32, copy=False)
+        if self.normalize:
+            peak = float(np.max(np.abs(audio), initial=0.0))
+            audio = audio / np.float32(peak) if peak >= _SILENT_PEAK else np.zeros_like(audio)
         return Latent(num_frames=math.ceil(audio.shape[0] / self._hop), audio=_readonly(audio))
 
     def with_flow(self, latent: Latent, start: int) -> Latent:
@@ -451,6 +461,30 @@ class VitsModel:
             "; ".join(problems),
         )
         return whole()
+
+    @classmethod
+    def load_whole(
+        cls,
+        model_path: Path,
+        session_options: SessionOptions,
+        hop_length: int,
+        margin: int = MARGIN_FRAMES,
+    ) -> VitsModel:
+        """The voice's own graph in one session, as piper loads it: no split, no probe.
+
+        What a first request is served with while the split voice is prepared in the
+        background; each utterance is peak-normalised, so no calibration is needed.
+        """
+        if hop_length <= 0:
+            raise ValueError(f"hop_length must be positive, got {hop_length}")
+        frontend = InferenceSession(
+            str(model_path), sess_options=session_options, providers=PROVIDERS
+        )
+        run_options = RunOptions()
+        if session_options.enable_cpu_mem_arena:
+            run_options.add_run_config_entry("memory.enable_memory_arena_shrinkage", "cpu:0")
+        decoder = WholeDecoder(frontend.get_outputs()[0].name, hop_length, margin, normalize=True)
+        return cls(frontend, decoder, hop_length, run_options)
 
     @property
     def margin(self) -> int:

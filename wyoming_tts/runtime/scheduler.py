@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 import heapq
 import itertools
+import os
 import queue
 import threading
 from collections.abc import Callable, Iterator
@@ -135,3 +136,14 @@ class Scheduler:
                 error = err
             with contextlib.suppress(RuntimeError):  # the loop has closed: nobody is waiting
                 loop.call_soon_threadsafe(self._finished, job, result, error)
+
+
+def lowest_priority(pid: int = 0) -> None:
+    """Let a process (0: this one) run only when a CPU is idle (SCHED_IDLE), else at nice
+    19: for background work no request may wait for. Best effort: a platform without
+    either leaves it as it is."""
+    try:
+        os.sched_setscheduler(pid, os.SCHED_IDLE, os.sched_param(0))
+    except (AttributeError, OSError):
+        with contextlib.suppress(AttributeError, OSError):
+            os.setpriority(os.PRIO_PROCESS, pid, 19)

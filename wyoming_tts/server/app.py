@@ -75,6 +75,7 @@ class App:
                 keep_alive_interval=settings.keep_alive_interval,
                 memory_threshold_bytes=settings.effective_memory_threshold_mb * 2**20,
                 pin_preloaded=settings.pin_preloaded,
+                prepare_in_background=True,
             ),
             self.catalog,
             self.scheduler,

@@ -204,8 +204,10 @@ class Synthesizer:
         pacing: Pacing,
     ) -> AsyncGenerator[_Utterance, None]:
         run, phrases = self._scheduler.run, self.phrases
-        if params.seed is not None:
-            phrases = None  # seeded noise differs by position, so a repeat is other audio
+        if params.seed is not None or voice.provisional:
+            # Seeded noise differs by position, so a repeat is other audio; a voice served
+            # whole is normalised per utterance, so not as loud as its split voice will be.
+            phrases = None
         n = position = 0
         async for sentence in sentences:
             stats.characters += len(sentence)

@@ -6,12 +6,14 @@ Everything here blocks (onnxruntime, espeak): callers run it on a worker thread.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import logging
 import statistics
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +22,7 @@ from piper.voice import PiperVoice
 
 from ..errors import NoSpeech, VoiceLoadFailed
 from ..model.noise import SeededFrontend, load_seeded
-from ..model.vits import Latent, VitsModel
+from ..model.vits import FloatArray, Latent, VitsModel
 from ..runtime.ort import session_options
 from .catalog import VoiceEntry
 
@@ -99,6 +101,10 @@ class LoadedVoice:
     first guess for sizing chunks."""
     seeded: SeededFrontend | None = None
     """The frontend with fed noise, for `SynthParams.seed` (`LoadOptions.seedable`)."""
+    provisional: bool = False
+    """Loaded whole for a first request (`load_whole_voice`): each utterance is
+    peak-normalised, so its audio is not the split voice's; it stands in until that one is
+    prepared in the background."""
 
     @property
     def name(self) -> str:
@@ -165,16 +171,23 @@ class LoadedVoice:
         ``frame_costs`` receives the decoder's seconds per frame of each utterance (the
         flow already run, as for every chunk after the first).
         """
-        out = []
-        for ids in self.phoneme_ids(text, max_ids):
-            latent = self.model.with_flow(self.frontend(ids, params), 0)
-            started = time.perf_counter()
-            out.append(self.model.decode(latent, 0, latent.num_frames))
-            if frame_costs is not None:
-                frame_costs.append((time.perf_counter() - started) / max(1, latent.num_frames))
+        out = [
+            self.decode_whole(ids, params, frame_costs) for ids in self.phoneme_ids(text, max_ids)
+        ]
         if not out:
             raise NoSpeech("Nothing to say in that text.")
         return out
+
+    def decode_whole(
+        self, ids: Sequence[int], params: SynthParams, frame_costs: list[float] | None = None
+    ) -> FloatArray:
+        """One utterance unchunked; ``frame_costs`` gets the decoder's seconds per frame."""
+        latent = self.model.with_flow(self.frontend(ids, params), 0)
+        started = time.perf_counter()
+        audio = self.model.decode(latent, 0, latent.num_frames)
+        if frame_costs is not None:
+            frame_costs.append((time.perf_counter() - started) / max(1, latent.num_frames))
+        return audio
 
 
 def _has_speech(phonemes: Sequence[str]) -> bool:
@@ -219,11 +232,22 @@ def load_voice(entry: VoiceEntry, options: LoadOptions) -> LoadedVoice:
     fails its own requests and nothing else.
     """
     started = time.perf_counter()
-    missing = phonemizer_problem(str(entry.info.raw.get("phoneme_type", "espeak")), entry)
-    if missing is not None:
-        raise VoiceLoadFailed(f"Voice '{entry.name}' cannot be loaded: {missing}")
+    warm_up = WarmUp(open_voice(entry, options), options)
     try:
-        config = PiperConfig.from_dict(entry.info.raw)
+        for step in warm_up.steps():
+            step()
+    except Exception as err:
+        raise warm_up.failed(err) from err
+    return replace(warm_up.result(), load_seconds=time.perf_counter() - started)
+
+
+def open_voice(entry: VoiceEntry, options: LoadOptions) -> LoadedVoice:
+    """The voice's split graph (split now unless cached), phonemizer and sessions; not warm.
+
+    Raises VoiceLoadFailed, as `load_voice` does.
+    """
+    _check_phonemizer(entry)
+    with _load_errors(entry):
         model = VitsModel.load(
             entry.model_path,
             options.cache_dir,
@@ -231,7 +255,7 @@ def load_voice(entry: VoiceEntry, options: LoadOptions) -> LoadedVoice:
             entry.info.hop_length,
             keep_decoder_memory=options.keep_decoder_memory,
         )
-        phonemizer = PiperVoice(session=None, config=config, download_dir=entry.model_path.parent)
+        phonemizer = _phonemizer(entry)
         seeded = (
             load_seeded(
                 entry.model_path,
@@ -242,32 +266,110 @@ def load_voice(entry: VoiceEntry, options: LoadOptions) -> LoadedVoice:
             if options.seedable
             else None
         )
+    return LoadedVoice(entry=entry, model=model, phonemizer=phonemizer, seeded=seeded)
+
+
+def load_whole_voice(entry: VoiceEntry, options: LoadOptions) -> LoadedVoice:
+    """The voice as piper loads it: one session over its own graph, no split, no warm-up.
+
+    A first request is served with it, so it waits no longer than wyoming-piper's load;
+    the split voice is prepared in the background and replaces it (`VoicePool`).
+    """
+    started = time.perf_counter()
+    _check_phonemizer(entry)
+    with _load_errors(entry):
+        model = VitsModel.load_whole(
+            entry.model_path, session_options(options.intra_op_threads), entry.info.hop_length
+        )
+        phonemizer = _phonemizer(entry)
+    return LoadedVoice(
+        entry=entry,
+        model=model,
+        phonemizer=phonemizer,
+        provisional=True,
+        load_seconds=time.perf_counter() - started,
+    )
+
+
+@contextlib.contextmanager
+def _load_errors(entry: VoiceEntry) -> Iterator[None]:
+    """Anything wrong with the files fails this voice's load, and nothing else."""
+    try:
+        yield
     except Exception as err:
         _LOGGER.debug("Load of %s failed", entry.name, exc_info=True)
         raise VoiceLoadFailed(f"Voice '{entry.name}' could not be loaded: {_reason(err)}") from err
-    voice = LoadedVoice(entry=entry, model=model, phonemizer=phonemizer, seeded=seeded)
-    costs: list[float] = []
-    max_ids = MAX_UTTERANCE_IDS
-    try:
+
+
+def _phonemizer(entry: VoiceEntry) -> PiperVoice:
+    """piper's own text-to-ids, without a session (we run the graphs)."""
+    config = PiperConfig.from_dict(entry.info.raw)
+    return PiperVoice(session=None, config=config, download_dir=entry.model_path.parent)
+
+
+def _check_phonemizer(entry: VoiceEntry) -> None:
+    missing = phonemizer_problem(str(entry.info.raw.get("phoneme_type", "espeak")), entry)
+    if missing is not None:
+        raise VoiceLoadFailed(f"Voice '{entry.name}' cannot be loaded: {missing}")
+
+
+class WarmUp:
+    """A voice's calibration and working-size runs, one step at a time.
+
+    `load_voice` runs the steps back to back; the pool runs them in the background, each
+    when no request is in flight, so a split voice is warmed without a request waiting.
+    Each step is a zero-argument blocking call (for an inference thread); the steps after
+    the first exist only once it has run.
+    """
+
+    def __init__(self, voice: LoadedVoice, options: LoadOptions) -> None:
+        self._voice = voice
+        self._options = options
         # Noise off: the gain is then the same at every load, so a text's audio is too
         # (`wyoming-tts synth` files are byte-identical from run to run).
-        params = voice.params(None, 0.0, None, 0.0)
-        peaks = [
-            float(np.max(np.abs(a)))
-            for a in voice.speak_blocking(_calibration_text(voice), params, max_ids, costs)
-        ]
-        if options.keep_decoder_memory:
-            _reach_working_size(voice, params, max_ids, MAX_CHUNK_FRAMES)
-    except Exception as err:
-        _LOGGER.debug("Warm-up of %s failed", entry.name, exc_info=True)
-        raise VoiceLoadFailed(f"Voice '{entry.name}' failed its warm-up: {_reason(err)}") from err
-    usable = [p for p in peaks if p > 1e-4]
-    return replace(
-        voice,
-        gain=statistics.median(1.0 / p for p in usable) if usable else 1.0,
-        frame_seconds=statistics.median(costs),
-        load_seconds=time.perf_counter() - started,
-    )
+        self._params = voice.params(None, 0.0, None, 0.0)
+        self._utterances: list[list[int]] = []
+        self._peaks: list[float] = []
+        self._costs: list[float] = []
+
+    def steps(self) -> Iterator[Callable[[], None]]:
+        """The runs still to do, in order; phonemizing the calibration text comes first."""
+        yield self._phonemize
+        for ids in self._utterances:
+            yield partial(self._calibrate, ids)
+        if self._options.keep_decoder_memory:
+            yield self._reach_working_size
+
+    def result(self) -> LoadedVoice:
+        """The voice with its gain and decoder cost, once every step has run."""
+        usable = [p for p in self._peaks if p > 1e-4]
+        return replace(
+            self._voice,
+            gain=statistics.median(1.0 / p for p in usable) if usable else 1.0,
+            frame_seconds=statistics.median(self._costs),
+        )
+
+    def failed(self, err: BaseException) -> VoiceLoadFailed:
+        """What a step's error means for the voice."""
+        name = self._voice.name
+        _LOGGER.debug("Warm-up of %s failed", name, exc_info=err)
+        return VoiceLoadFailed(f"Voice '{name}' failed its warm-up: {_reason(err)}")
+
+    def _phonemize(self) -> None:
+        self._utterances[:] = self._voice.phoneme_ids(_calibration_text(self._voice))
+        if not self._utterances:
+            raise NoSpeech("Nothing to say in the calibration text.")
+
+    def _calibrate(self, ids: list[int]) -> None:
+        costs: list[float] = []
+        audio = self._voice.decode_whole(ids, self._params, costs)
+        self._peaks.append(float(np.max(np.abs(audio))))
+        self._costs.extend(costs)
+
+    def _reach_working_size(self) -> None:
+        _reach_working_size(
+            self._voice, self._params, MAX_UTTERANCE_IDS, MAX_CHUNK_FRAMES, self._utterances
+        )
 
 
 def phonemizer_problem(phoneme_type: str, entry: VoiceEntry) -> str | None:
@@ -293,16 +395,22 @@ def phonemizer_problem(phoneme_type: str, entry: VoiceEntry) -> str | None:
 
 
 def _reach_working_size(
-    voice: LoadedVoice, params: SynthParams, max_ids: int, max_chunk_frames: int
+    voice: LoadedVoice,
+    params: SynthParams,
+    max_ids: int,
+    max_chunk_frames: int,
+    pieces: Sequence[Sequence[int]] | None = None,
 ) -> None:
     """Run flow and vocoder once over the largest inputs the engine can give them.
 
     Kept arenas grow to the largest run they have seen, by powers of two: a first long
     reply would otherwise add ~30 MB that stays. The utterance is the calibration
-    text's ids repeated up to ``max_ids``; its audio is thrown away.
+    text's ids (``pieces``, if already phonemized) repeated up to ``max_ids``; its audio
+    is thrown away.
     """
+    if pieces is None:
+        pieces = voice.phoneme_ids(_calibration_text(voice), max_ids)
     ids: list[int] = []
-    pieces = voice.phoneme_ids(_calibration_text(voice), max_ids)
     while pieces and len(ids) < max_ids:
         for piece in pieces:
             ids.extend(piece)

@@ -12,6 +12,14 @@ warm-ups run on a worker thread. Rules:
 * one warm-up coordinator (a lock) runs start-up priming and keep-alive, so
   warm-ups never overlap or pile up, and keep-alive never runs while real
   work is queued.
+
+With ``prepare_in_background`` (the server), a first request never waits for a
+graph split or a warm-up: every voice the catalog finds is split in the background
+(`splitter`), a voice not loaded yet is loaded whole, as piper loads it, and serves
+its first requests whole-utterance; meanwhile its split voice is opened and warmed
+one step at a time, each when no request is in flight, and then replaces it
+(requests in flight finish on the whole one). The split voice's cost counts against
+the memory threshold while it is prepared, in its whole voice's slot.
 """
 
 from __future__ import annotations
@@ -23,7 +31,7 @@ import time
 from collections import Counter, OrderedDict
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 from typing import TypeVar
 
@@ -31,7 +39,16 @@ from ..errors import Busy, MemoryExhausted, TtsError, VoiceLoadFailed, VoiceNotF
 from ..runtime.memory import process_rss, trim_heap
 from ..runtime.scheduler import Scheduler
 from .catalog import VoiceCatalog, VoiceEntry
-from .loader import LoadedVoice, LoadOptions, keep_alive, load_voice
+from .loader import (
+    LoadedVoice,
+    LoadOptions,
+    WarmUp,
+    keep_alive,
+    load_voice,
+    load_whole_voice,
+    open_voice,
+)
+from .splitter import BackgroundSplitter
 
 _LOGGER = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -47,6 +64,8 @@ KEPT_DECODER_BYTES = 64 * 2**20
 
 #: Seconds a request waits for a voice slot or memory before `busy`/`memory-exhausted`.
 LOAD_WAIT_TIMEOUT = 10.0
+#: Seconds between looks at the scheduler while background preparation waits for quiet.
+QUIET_POLL = 0.1
 
 
 @dataclass(frozen=True)
@@ -58,6 +77,9 @@ class PoolConfig:
     memory_threshold_bytes: int
     pin_preloaded: bool
     load_wait_timeout: float = LOAD_WAIT_TIMEOUT
+    prepare_in_background: bool = False
+    """Split new voices in the background and serve a voice's first requests whole while
+    its split voice is warmed (the server); off: a load splits and warms at once."""
 
 
 @dataclass(eq=False)
@@ -72,6 +94,8 @@ class _Slot:
     stale: bool = False
     """Its files changed or vanished: unload once no request holds it."""
     warming: bool = False
+    settled: bool = False
+    """A whole voice no split voice will replace (no seam, or preparing it failed)."""
 
     @property
     def name(self) -> str:
@@ -93,7 +117,9 @@ class PoolStats:
             f"load_failures={self.load_failures} load_time={self.load_seconds_total:.2f}s "
             f"hits={self.hits} misses={self.misses} evictions={evictions} "
             f"keep_alive={self.keep_alive_runs} "
-            f"active={self.active_requests} waiting={self.waiting_requests}"
+            f"active={self.active_requests} waiting={self.waiting_requests} "
+            f"whole=[{', '.join(self.whole)}] upgrades={self.upgrades} "
+            f"splitting={self.splitting or '-'} splits_queued={len(self.splits_queued)}"
         )
 
     loaded: tuple[str, ...]
@@ -106,6 +132,17 @@ class PoolStats:
     keep_alive_runs: int
     active_requests: int
     waiting_requests: int
+    whole: tuple[str, ...] = ()
+    """Loaded voices serving whole utterances until their split voice is ready."""
+    upgrades: int = 0
+    """Whole voices replaced by their prepared split voice."""
+    preparing: tuple[str, ...] = ()
+    """Whole voices whose split voice is being opened and warmed (or waits for quiet)."""
+    splitting: str | None = None
+    """The voice being split in the background now."""
+    splits_queued: tuple[str, ...] = ()
+    splits: int = 0
+    """Background splits run to the end."""
 
 
 class VoicePool:
@@ -120,6 +157,7 @@ class VoicePool:
         clock: Callable[[], float] = time.monotonic,
         memory_reader: Callable[[], int] = process_rss,
         loader: Callable[[VoiceEntry, LoadOptions], LoadedVoice] = load_voice,
+        whole_loader: Callable[[VoiceEntry, LoadOptions], LoadedVoice] = load_whole_voice,
     ) -> None:
         self._config = config
         self._catalog = catalog
@@ -127,6 +165,14 @@ class VoicePool:
         self._clock = clock
         self._memory_reader = memory_reader
         self._loader = loader
+        self._whole_loader = whole_loader
+        self._splitter = (
+            BackgroundSplitter(config.load.cache_dir) if config.prepare_in_background else None
+        )
+        self._upgrades: dict[_Slot, asyncio.Task[None]] = {}
+        self._upgraded = 0
+        self._preparing_bytes = 0  # split voices being prepared, not yet in the RSS reading
+        self._preparing: set[str] = set()
         self._slots: OrderedDict[str, _Slot] = OrderedDict()
         self._loading: dict[str, asyncio.Task[_Slot]] = {}
         self._changed = asyncio.Condition()
@@ -155,7 +201,11 @@ class VoicePool:
         return await self.run_io(self._memory_reader)
 
     async def entries(self, force: bool = False) -> dict[str, VoiceEntry]:
-        return await self.run_io(self._catalog.refresh, force)
+        """The installed voices; voices seen for the first time are split in the background."""
+        entries = await self.run_io(self._catalog.refresh, force)
+        if self._splitter is not None and not self._closed:
+            self._splitter.notice(entries)
+        return entries
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -165,12 +215,17 @@ class VoicePool:
             entry = await self.run_io(self._catalog.get, name)
             async with self._warm_lock:
                 slot = await self._load(entry, pinned=self._config.pin_preloaded)
+            if self._splitter is not None:
+                self._splitter.mark_split(entry)
             voice = slot.voice
             _LOGGER.info(
                 "Primed voice %s in %.2f s (gain %.2f)", name, voice.load_seconds, voice.gain
             )
 
     def start_maintenance(self) -> None:
+        """Background chores from now on: splits, idle eviction, keep-alive."""
+        if self._splitter is not None:
+            self._splitter.start()
         periods = [
             p for p in (self._config.idle_timeout, self._config.keep_alive_interval) if p > 0
         ]
@@ -188,9 +243,11 @@ class VoicePool:
                 chore.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await chore
-        for task in self._loading.values():
+        for task in [*self._loading.values(), *self._upgrades.values()]:
             task.cancel()
         self._slots.clear()
+        if self._splitter is not None:
+            await self._splitter.close()
         # Wait for a load in progress: a thread inside onnxruntime must not outlive us.
         await asyncio.to_thread(self._io.shutdown, wait=True, cancel_futures=True)
 
@@ -237,7 +294,10 @@ class VoicePool:
                 counted = True
             task = self._loading.get(name)
             if task is None:
-                task = asyncio.create_task(self._load(entry, pinned=False), name=f"load-{name}")
+                whole = self._splitter is not None
+                task = asyncio.create_task(
+                    self._load(entry, pinned=False, whole=whole), name=f"load-{name}"
+                )
                 self._loading[name] = task
                 task.add_done_callback(partial(self._loading_done, name))
             await asyncio.shield(task)
@@ -253,12 +313,14 @@ class VoicePool:
         if not task.cancelled():
             task.exception()  # retrieved here; each waiter re-raises its own copy
 
-    async def _load(self, entry: VoiceEntry, pinned: bool) -> _Slot:
+    async def _load(self, entry: VoiceEntry, pinned: bool, whole: bool = False) -> _Slot:
+        """``whole``: as piper loads it, its split voice prepared in the background."""
         await self._make_room(entry)
         loop = asyncio.get_running_loop()
         self._reserved += 1
+        loader = self._whole_loader if whole else self._loader
         try:
-            voice = await loop.run_in_executor(self._io, self._loader, entry, self._config.load)
+            voice = await loop.run_in_executor(self._io, loader, entry, self._config.load)
         except TtsError:
             self._load_failures += 1
             raise
@@ -273,24 +335,117 @@ class VoicePool:
         old = self._slots.pop(entry.name, None)
         if old is not None and old.in_use == 0:
             self._evictions["replaced"] += 1
+        if old is not None and (upgrade := self._upgrades.pop(old, None)) is not None:
+            upgrade.cancel()  # a split voice of the files replaced
         self._slots[entry.name] = slot
         self._loads += 1
         self._load_seconds += voice.load_seconds
-        _LOGGER.info("Loaded voice %s in %.2f s; %s", entry.name, voice.load_seconds, self.stats())
-        await self.run_io(trim_heap)  # loading leaves ~100 MB of freed parse buffers
+        how = " whole, until its split voice is ready" if voice.provisional else ""
+        _LOGGER.info(
+            "Loaded voice %s%s in %.2f s; %s", entry.name, how, voice.load_seconds, self.stats()
+        )
+        if voice.provisional:
+            self._start_upgrade(slot)
+        else:
+            await self.run_io(trim_heap)  # loading leaves ~100 MB of freed parse buffers
         await self._enforce_memory(keep=slot)
         return slot
+
+    # ------------------------------------------------------------------ background preparation
+
+    def _start_upgrade(self, slot: _Slot) -> None:
+        """Prepare the split voice that is to replace this whole one, unless under way."""
+        if self._splitter is None or self._closed or slot.settled or slot in self._upgrades:
+            return
+        task = asyncio.create_task(self._upgrade(slot), name=f"prepare-{slot.name}")
+        self._upgrades[slot] = task
+        task.add_done_callback(partial(self._upgrade_done, slot))
+
+    def _upgrade_done(self, slot: _Slot, task: asyncio.Task[None]) -> None:
+        if self._upgrades.get(slot) is task:
+            del self._upgrades[slot]
+        if not task.cancelled() and task.exception() is not None:
+            _LOGGER.error("Preparing voice %s failed", slot.name, exc_info=task.exception())
+
+    def _current(self, slot: _Slot) -> bool:
+        """The slot is still the pool's copy of its voice (not unloaded, replaced, stale)."""
+        return not self._closed and not slot.stale and self._slots.get(slot.name) is slot
+
+    async def _upgrade(self, slot: _Slot) -> None:
+        """Split (background, first in line), open and warm the split voice, then swap.
+
+        Every inference step waits until no request is in flight; if the slot goes
+        (evicted, replaced) the work stops. Not enough memory now: maintenance retries.
+        """
+        splitter, entry = self._splitter, slot.voice.entry
+        if splitter is None:
+            return
+        # Shielded: the split is shared, and goes on if this voice is unloaded meanwhile.
+        if not await asyncio.shield(splitter.want(entry, urgent=True)):
+            slot.settled = True
+            _LOGGER.info("Voice %s has no usable split; it stays whole-utterance", slot.name)
+            return
+        cost = self._load_cost(entry)
+        threshold = self._config.memory_threshold_bytes
+        if threshold > 0 and await self._rss() + cost + self._preparing_bytes > threshold:
+            _LOGGER.info("Not enough memory to prepare voice %s now; later", slot.name)
+            return
+        started = time.perf_counter()
+        self._preparing_bytes += cost
+        self._preparing.add(slot.name)
+        try:
+            if not self._current(slot):
+                return
+            voice = await self._when_quiet(open_voice, entry, self._config.load)
+            warm_up = WarmUp(voice, self._config.load)
+            for step in warm_up.steps():
+                if not self._current(slot):
+                    return
+                try:
+                    await self._when_quiet(step)
+                except Exception as err:
+                    raise warm_up.failed(err) from err
+            ready = warm_up.result()
+        except TtsError as err:
+            slot.settled = True
+            _LOGGER.warning("%s It stays whole-utterance.", err.text)
+            return
+        finally:
+            self._preparing_bytes -= cost
+            self._preparing.discard(slot.name)
+        if self._current(slot):
+            self._swap(slot, replace(ready, load_seconds=time.perf_counter() - started))
+
+    async def _when_quiet(self, func: Callable[..., T], *args: object) -> T:
+        """Run one background step on an inference thread once no request is in flight."""
+        while True:
+            async with self._warm_lock:
+                if self._scheduler.quiet:
+                    return await self._scheduler.run(func, *args)
+            await asyncio.sleep(QUIET_POLL)
+
+    def _swap(self, whole: _Slot, voice: LoadedVoice) -> None:
+        """The split voice takes the whole one's place; requests holding that finish on it."""
+        slot = _Slot(voice, pinned=whole.pinned, last_used=whole.last_used, last_warm=self._clock())
+        self._slots[whole.name] = slot  # same place in the LRU order
+        self._upgraded += 1
+        _LOGGER.info(
+            "Voice %s now streams (prepared in %.2f s, gain %.2f); %s",
+            whole.name,
+            voice.load_seconds,
+            voice.gain,
+            self.stats(),
+        )
+        self.trim()  # the whole session goes with its last request
 
     async def _make_room(self, entry: VoiceEntry) -> None:
         """Evict idle voices until one more fits by count and memory, or wait, or fail."""
         # Real time, not the injectable clock: this is how long a client waits.
         deadline = time.monotonic() + self._config.load_wait_timeout
         threshold = self._config.memory_threshold_bytes
-        cost = int(entry.model_size * LOAD_COST_FACTOR)
-        if self._config.load.keep_decoder_memory:
-            cost += KEPT_DECODER_BYTES
-        # Loads already past this point are not in the RSS reading yet: count them too.
-        cost *= 1 + self._reserved
+        # Loads already past this point are not in the RSS reading yet: count them too,
+        # and the split voices being prepared.
+        cost = self._load_cost(entry) * (1 + self._reserved) + self._preparing_bytes
         while True:
             while self._slots_used() >= self._config.max_voices and self._evict_one("count"):
                 pass
@@ -317,6 +472,13 @@ class VoicePool:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._changed.wait(), timeout=min(remaining, 1.0))
 
+    def _load_cost(self, entry: VoiceEntry) -> int:
+        """Resident bytes a loaded voice is expected to add."""
+        cost = int(entry.model_size * LOAD_COST_FACTOR)
+        if self._config.load.keep_decoder_memory:
+            cost += KEPT_DECODER_BYTES
+        return cost
+
     def _slots_used(self) -> int:
         return len(self._slots) + self._reserved
 
@@ -334,6 +496,9 @@ class VoicePool:
     def _unload(self, slot: _Slot, reason: str) -> None:
         if self._slots.get(slot.name) is slot:
             del self._slots[slot.name]
+        upgrade = self._upgrades.pop(slot, None)
+        if upgrade is not None:
+            upgrade.cancel()  # its split voice would have nothing to replace
         self._evictions[reason] += 1
         _LOGGER.info("Unloaded voice %s (%s); %s", slot.name, reason, self.stats())
 
@@ -355,7 +520,16 @@ class VoicePool:
                 _LOGGER.exception("Voice pool maintenance failed")
 
     async def maintain(self) -> None:
-        """One pass: idle eviction, memory threshold, keep-alive. Tests call this directly."""
+        """One pass: idle eviction, memory threshold, keep-alive. Tests call this directly.
+
+        With background preparation also a catalog look (new voices are split) and a
+        retry for whole voices whose split voice had no memory to be prepared in.
+        """
+        if self._splitter is not None:
+            await self.entries()
+            for slot in list(self._slots.values()):
+                if slot.voice.provisional:
+                    self._start_upgrade(slot)
         now = self._clock()
         idle_timeout = self._config.idle_timeout
         if idle_timeout > 0:
@@ -389,6 +563,7 @@ class VoicePool:
     # ------------------------------------------------------------------ stats
 
     def stats(self) -> PoolStats:
+        splitter = self._splitter
         return PoolStats(
             loaded=tuple(self._slots),
             loads=self._loads,
@@ -400,6 +575,12 @@ class VoicePool:
             keep_alive_runs=self._keep_alive_runs,
             active_requests=self._scheduler.active_requests,
             waiting_requests=self._scheduler.waiting_requests,
+            whole=tuple(n for n, s in self._slots.items() if s.voice.provisional),
+            upgrades=self._upgraded,
+            preparing=tuple(sorted(self._preparing)),
+            splitting=splitter.running if splitter is not None else None,
+            splits_queued=splitter.queued if splitter is not None else (),
+            splits=splitter.splits if splitter is not None else 0,
         )
 
     def trim(self) -> None:
@@ -418,6 +599,11 @@ class VoicePool:
                 break
         # Not on the I/O thread: the next request's catalog lookup must not queue behind it.
         await asyncio.to_thread(trim_heap)
+
+    @property
+    def splitter(self) -> BackgroundSplitter | None:
+        """The background splitter (with ``prepare_in_background``), for stats and tests."""
+        return self._splitter
 
     def loaded(self) -> dict[str, LoadedVoice]:
         return {name: slot.voice for name, slot in self._slots.items()}

@@ -59,6 +59,16 @@ def split_voice_model(model_path: Path, cache_dir: Path) -> SplitModel | None:
     return None
 
 
+def cached_verdict(model_path: Path, cache_dir: Path) -> bool | None:
+    """What `split_voice_model` would find in ``cache_dir`` without splitting: True (a
+    split), False (a cached "no seam"), None (nothing usable: it would split, or look in
+    the fallback). Reads and hashes files only, so a caller can tell whether a split is
+    needed at all."""
+    digest = sha256(model_path)
+    hit, split = read_cache(cache_dir / digest[:16], digest)
+    return (split is not None) if hit else None
+
+
 def _split_into(model_path: Path, cache_dir: Path, digest: str) -> SplitModel | None:
     entry_dir = cache_dir / digest[:16]
     hit, cached = read_cache(entry_dir, digest)
