@@ -555,11 +555,9 @@ def _volume(value: Any, from_text: bool) -> float:
 
 
 #: Settings read by their own parser rather than by their type.
-_SPECIAL: dict[str, Any] = {
-    "presets": _presets,
-    "default_voice_per_language": _languages,
-    "volume": _volume,
-}
+_SPECIAL: Mapping[str, Any] = types.MappingProxyType(
+    {"presets": _presets, "default_voice_per_language": _languages, "volume": _volume}
+)
 
 
 def settings_fields() -> list[dataclasses.Field[Any]]:
