@@ -19,7 +19,7 @@ import pytest
 
 from wyoming_tts.errors import Busy, MemoryExhausted, VoiceLoadFailed, VoiceNotFound
 from wyoming_tts.model.vits import StagedDecoder, WholeDecoder
-from wyoming_tts.runtime.scheduler import Scheduler
+from wyoming_tts.runtime.scheduler import AHEAD, Priority, Scheduler
 from wyoming_tts.voices.catalog import VoiceCatalog, VoiceEntry
 from wyoming_tts.voices.loader import LoadedVoice, LoadOptions, load_voice
 from wyoming_tts.voices.pool import PoolConfig, VoicePool
@@ -296,9 +296,9 @@ class RecordingScheduler(Scheduler):
         super().__init__(workers)
         self.steps: list[str] = []
 
-    async def run(self, func: Any, *args: object, urgent: bool = False) -> Any:
+    async def run(self, func: Any, *args: object, priority: Priority = (AHEAD, 0.0)) -> Any:
         self.steps.append(getattr(func, "__name__", type(func).__name__))
-        return await super().run(func, *args, urgent=urgent)
+        return await super().run(func, *args, priority=priority)
 
 
 async def until(condition: Any, what: str, timeout: float = 120.0) -> None:
