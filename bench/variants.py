@@ -18,10 +18,12 @@ import asyncio
 import json
 import shlex
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +33,7 @@ from common import (
     Result,
     Server,
     ServerSpec,
+    env_for_servers,
     make_voice_dir,
     median,
     percentile,
@@ -68,6 +71,7 @@ def servers(args: argparse.Namespace, root: Path) -> list[Server]:
     ]
     for variant in args.variant:
         name, _, flags = variant.partition("=")
+        name, _, checkout = name.partition("@")
         spec = ServerSpec(
             name,
             Path(sys.executable),
@@ -78,8 +82,29 @@ def servers(args: argparse.Namespace, root: Path) -> list[Server]:
                 *("--phrase-cache-mb", "0", *shlex.split(flags)),
             ],
         )
-        out.append(Server(spec, root / name))
+        out.append(CheckoutServer(spec, root / name, checkout=checkout))
     return out
+
+
+@dataclass
+class CheckoutServer(Server):
+    """One of ours, run from another checkout of the package (e.g. a `git worktree` of
+    an older commit) when ``checkout`` is set, so old and new meet in one run."""
+
+    checkout: str = ""
+
+    def _spawn(self, args: list[str]) -> subprocess.Popen[bytes]:
+        env = env_for_servers()
+        if self.checkout:
+            env["PYTHONPATH"] = str(Path(self.checkout).absolute())
+        return subprocess.Popen(
+            [str(self.spec.python), "-m", self.spec.module, *args],
+            cwd=self.workdir,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=env,
+        )
 
 
 def rotate(items: Sequence[Server], k: int) -> list[Server]:
@@ -178,7 +203,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--piper-python", type=Path, default=REPO / ".cache/bench-venv/bin/python")
     parser.add_argument(
-        "--variant", action="append", required=True, help="NAME=FLAGS for one of our servers"
+        "--variant",
+        action="append",
+        required=True,
+        help="NAME[@CHECKOUT]=FLAGS: one of our servers, from CHECKOUT if given",
     )
     parser.add_argument("--reps", type=int, default=5, help="repetitions of each text (0: none)")
     parser.add_argument("--modes", nargs="+", default=["plain"], choices=["plain", "streaming"])
@@ -190,14 +218,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     args.piper_python = args.piper_python.absolute()
     res = asyncio.run(run(args))
-    labels = [v.partition("=")[0] for v in args.variant]
-    text = report(res, labels)
-    print(text)
+    labels = [v.partition("=")[0].partition("@")[0] for v in args.variant]
     stamp = time.strftime("%Y%m%d-%H%M%S")
     output = args.output or REPO / "bench" / "results" / f"variants-{stamp}.json"
     output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_text(json.dumps(res | {"report": text}, indent=2, default=str))
+    output.write_text(json.dumps(res, indent=2, default=str))
     log(f"wrote {output}")
+    print(report(res, labels))
     return 0
 
 
