@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import numpy as np
 import onnxruntime
+from onnx import TensorProto, helper
 
 #: This project builds and tests for the CPU only.
 PROVIDERS = ["CPUExecutionProvider"]
@@ -54,3 +56,21 @@ def session_options(
     if shared_arena:
         opts.add_session_config_entry("session.use_env_allocators", "1")
     return opts
+
+
+def shrink_shared_arena() -> None:
+    """Hand the shared arena's free regions back to the OS (all of them, when no run is in
+    flight): onnxruntime shrinks an arena only at the end of a run that asks it to, so a
+    one-node session on the arena runs once."""
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])
+    graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "shrink", [x], [y])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    session = onnxruntime.InferenceSession(
+        model.SerializeToString(),
+        sess_options=session_options(1, shared_arena=True),
+        providers=PROVIDERS,
+    )
+    run_options = onnxruntime.RunOptions()
+    run_options.add_run_config_entry("memory.enable_memory_arena_shrinkage", "cpu:0")
+    session.run(None, {"x": np.zeros(1, dtype=np.float32)}, run_options)

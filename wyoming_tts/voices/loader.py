@@ -426,6 +426,13 @@ def _reach_working_size(
     voice.model.decode(latent, min(margin, end), end)
 
 
+def reach_working_size(voice: LoadedVoice) -> None:
+    """Grow kept decoder memory again to the largest run a request can make, as at load
+    (after the shared arena was emptied)."""
+    params = voice.params(None, 0.0, None, 0.0)
+    _reach_working_size(voice, params, MAX_UTTERANCE_IDS, MAX_CHUNK_FRAMES)
+
+
 def _calibration_text(voice: LoadedVoice) -> str:
     phoneme_type = voice.phonemizer.config.phoneme_type
     return CALIBRATION_TEXTS.get(str(phoneme_type.value), CALIBRATION_TEXT)
