@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 import onnxruntime
-from onnx import TensorProto, helper
 
 #: This project builds and tests for the CPU only.
 PROVIDERS = ["CPUExecutionProvider"]
@@ -13,6 +12,13 @@ PROVIDERS = ["CPUExecutionProvider"]
 #: Extensions of just the size asked for held more (one voice +123 MB against +104 MB),
 #: as freed regions of one size fit few later requests.
 _NEXT_POWER_OF_TWO = 0
+#: A one-node model (Identity of a float[1] "x" to "y", opset 13), serialized: what
+#: `shrink_shared_arena` runs. Written out so the server need not import onnx (~16 MB
+#: resident) to make it; tests/test_vits_split.py checks it against onnx.helper's.
+SHRINK_MODEL = bytes.fromhex(
+    "08073a3c0a100a017812017922084964656e746974791206736872696e6b5a0f0a0178120a0a0808"
+    "0112040a020801620f0a0179120a0a08080112040a02080142040a00100d"
+)
 
 
 def share_cpu_arena() -> None:
@@ -62,12 +68,8 @@ def shrink_shared_arena() -> None:
     """Hand the shared arena's free regions back to the OS (all of them, when no run is in
     flight): onnxruntime shrinks an arena only at the end of a run that asks it to, so a
     one-node session on the arena runs once."""
-    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])
-    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])
-    graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "shrink", [x], [y])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
     session = onnxruntime.InferenceSession(
-        model.SerializeToString(),
+        SHRINK_MODEL,
         sess_options=session_options(1, shared_arena=True),
         providers=PROVIDERS,
     )
