@@ -60,7 +60,8 @@ T = TypeVar("T")
 TRIM_QUIET = 0.5
 #: Resident bytes a loaded voice costs per byte of model file (measured on medium voices).
 LOAD_COST_FACTOR = 1.6
-#: What a voice's kept decoder memory adds, grown at load to its largest (~60 MB, medium).
+#: What a voice's kept decoder memory adds, grown at load to its largest (~40 MB, medium):
+#: one arena holds it for all voices, so counting it for each is an upper bound.
 KEPT_DECODER_BYTES = 64 * 2**20
 
 
