@@ -83,7 +83,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         ["--piper-python", str(args.piper_python), "--ours-python", str(args.ours_python)]
     )
     root = Path(tempfile.mkdtemp(prefix="wyoming-tts-memory-"))
-    ours_spec, theirs_spec = compare.specs(opts, make_voice_dir(root), root / "cache")
+    cache = args.cache_dir or root / "cache"  # fresh: ours splits its voice at start
+    ours_spec, theirs_spec = compare.specs(opts, make_voice_dir(root), cache)
     ours, theirs = Server(ours_spec, root / "ours"), Server(theirs_spec, root / "theirs")
     pair = (ours, theirs)
     res: dict[str, Any] = {"workdir": str(root), "started": time.strftime("%Y-%m-%d %H:%M:%S")}
@@ -124,6 +125,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--ours-python", type=Path, default=REPO / ".venv" / "bin" / "python")
     parser.add_argument("--extra-voices", type=int, default=2, choices=range(4))
     parser.add_argument("--clients", type=int, default=4, help="Clients in the burst.")
+    parser.add_argument(
+        "--cache-dir", type=Path, help="Our split cache (e.g. one already filled: a restart)."
+    )
     parser.add_argument("--output", type=Path)
     parser.add_argument("--keep", action="store_true", help="Keep the work dir (logs).")
     args = parser.parse_args(argv)
