@@ -25,7 +25,7 @@ from ..runtime.ort import PROVIDERS
 from .split import split_voice_model
 from .vits import Decoder, Latent
 
-if TYPE_CHECKING:  # onnx (~16 MB resident) is imported only by a seedable voice's load
+if TYPE_CHECKING:  # onnx (~11 MB resident) is imported only by a seedable voice's load
     import onnx
 
 _LOGGER = logging.getLogger(__name__)

@@ -13,7 +13,7 @@ PROVIDERS = ["CPUExecutionProvider"]
 #: as freed regions of one size fit few later requests.
 _NEXT_POWER_OF_TWO = 0
 #: A one-node model (Identity of a float[1] "x" to "y", opset 13), serialized: what
-#: `shrink_shared_arena` runs. Written out so the server need not import onnx (~16 MB
+#: `shrink_shared_arena` runs. Written out so the server need not import onnx (~11 MB
 #: resident) to make it; tests/test_vits_split.py checks it against onnx.helper's.
 SHRINK_MODEL = bytes.fromhex(
     "08073a3c0a100a017812017922084964656e746974791206736872696e6b5a0f0a0178120a0a0808"

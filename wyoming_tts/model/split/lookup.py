@@ -1,7 +1,7 @@
 """Finding a voice's split: in the cache by the model's sha256, else by analysing it.
 
 The analysis (`build`, onnx) is imported only on a miss: a server whose voices are
-cached, or split in a child process, never loads onnx (~16 MB resident).
+cached, or split in a child process, never loads onnx (~11 MB resident).
 """
 
 from __future__ import annotations
