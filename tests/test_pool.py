@@ -20,6 +20,7 @@ import pytest
 from wyoming_tts.errors import Busy, MemoryExhausted, VoiceLoadFailed, VoiceNotFound
 from wyoming_tts.model.vits import StagedDecoder, WholeDecoder
 from wyoming_tts.runtime.scheduler import AHEAD, Priority, Scheduler
+from wyoming_tts.voices import pool as pool_module
 from wyoming_tts.voices.catalog import VoiceCatalog, VoiceEntry
 from wyoming_tts.voices.loader import LoadedVoice, LoadOptions, load_voice
 from wyoming_tts.voices.pool import PoolConfig, VoicePool
@@ -76,12 +77,14 @@ def make_pool(
     loader: Any = None,
     scheduler: Scheduler | None = None,
     prepare_in_background: bool = False,
+    keep_decoder_memory: bool = False,
+    shrink_arena: Any = None,
 ) -> tuple[VoicePool, CountingLoader]:
     counting = loader or CountingLoader()
     clock = clock or time.monotonic
     pool = VoicePool(
         PoolConfig(
-            load=LoadOptions(cache_dir),
+            load=LoadOptions(cache_dir, keep_decoder_memory=keep_decoder_memory),
             max_voices=max_voices,
             idle_timeout=idle_timeout,
             keep_alive_interval=keep_alive_interval,
@@ -95,6 +98,7 @@ def make_pool(
         clock=clock,
         memory_reader=memory or (lambda: 100 * MB),
         loader=counting,
+        shrink_arena=shrink_arena or (lambda: None),
     )
     return pool, counting
 
@@ -391,3 +395,43 @@ async def test_preparation_waits_for_memory(voices_dir, cache_dir, closing) -> N
     state["rss"] = 100 * MB
     await pool.maintain()  # retries once memory is there
     await until(lambda: pool.stats().upgrades == 1, "not prepared once memory was there")
+
+
+async def test_decoder_memory_grown_at_quiet_is_emptied_and_regrown(
+    voices_dir, cache_dir, closing, monkeypatch
+) -> None:
+    """Resident memory grown past the margin since the last quiet look, the same voices
+    loaded: the shared arena is emptied and each voice grows it again to one reply's size,
+    once; less growth, or a change of voices, is no reason."""
+    monkeypatch.setattr(pool_module, "TRIM_QUIET", 0.01)
+    regrown: list[str] = []
+    monkeypatch.setattr(pool_module, "reach_working_size", lambda v: regrown.append(v.name))
+    shrinks: list[int] = []
+    state = {"rss": 300 * MB}
+    pool, _ = make_pool(
+        voices_dir,
+        cache_dir,
+        memory=lambda: state["rss"],
+        keep_decoder_memory=True,
+        shrink_arena=lambda: shrinks.append(1),
+    )
+    closing.append(pool)
+    await pool.prime(("en_US-a-medium",))
+
+    async def quiet_look(rss_mb: int) -> None:
+        state["rss"] = rss_mb * MB
+        pool.trim()
+        assert pool._trimmer is not None
+        await pool._trimmer
+
+    await quiet_look(300)  # the first look after a load only reads
+    await quiet_look(300 + pool_module.ARENA_REGROWN_BYTES // MB)
+    assert shrinks == [] and regrown == []
+    await quiet_look(340)
+    assert shrinks == [1] and regrown == ["en_US-a-medium"]
+    await quiet_look(340)  # what could not be given back is not tried again
+    assert shrinks == [1]
+    async with pool.acquire("en_US-b-medium"):
+        pass
+    await quiet_look(420)  # another voice loaded: a new figure, not growth
+    assert shrinks == [1]

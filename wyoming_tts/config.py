@@ -192,7 +192,7 @@ class Settings:
     # --- pool ---
     max_voices: int = _opt(
         3,
-        "Voices kept loaded at once (~140 MB each): more voices without a load, more memory.",
+        "Voices kept loaded at once (~75 MB each): more voices without a load, more memory.",
         group="pool",
     )
     idle_timeout: float = _opt(
@@ -231,8 +231,8 @@ class Settings:
     )
     keep_decoder_memory: bool = _opt(
         True,
-        "Keep each voice's decoder memory (~60 MB) between runs: ~20% faster synthesis; "
-        "off gives the smallest resident size (a Raspberry Pi with little RAM).",
+        "Keep decoder memory (~40 MB, one arena for all voices) between runs: ~20% faster "
+        "synthesis; off gives the smallest resident size (a Raspberry Pi with little RAM).",
         group="pool",
     )
     max_queue: int = _opt(

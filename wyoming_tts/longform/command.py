@@ -31,6 +31,7 @@ from ..errors import NoSpeech, TtsError, VoiceLoadFailed
 from ..model.noise import utterance_seed
 from ..presets import PresetError
 from ..runtime.memory import tune_malloc
+from ..runtime.ort import share_cpu_arena
 from ..runtime.scheduler import Scheduler
 from ..speech import SpeechRequest, SpeechService
 from ..synth.engine import Synthesizer
@@ -180,6 +181,7 @@ def main(argv: Sequence[str]) -> int:
         print(f"{PROG}: {err}", file=sys.stderr)
         return EXIT_BAD_INPUT
     tune_malloc()  # before any worker thread exists
+    share_cpu_arena()  # before any session is opened
     try:
         return asyncio.run(run(job))
     except KeyboardInterrupt:  # before the loop's own handler was in place

@@ -16,15 +16,17 @@ import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import onnx
-from onnx import TensorProto, helper
 from onnxruntime import InferenceSession, RunOptions, SessionOptions
 
 from ..runtime.ort import PROVIDERS
 from .split import split_voice_model
 from .vits import Decoder, Latent
+
+if TYPE_CHECKING:  # onnx (~11 MB resident) is imported only by a seedable voice's load
+    import onnx
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -49,6 +51,9 @@ class NoiseSpec:
 
 def seed_noise(model: onnx.ModelProto) -> tuple[onnx.ModelProto, list[NoiseSpec]] | None:
     """``model`` with every RandomNormalLike fed from an input; None if one is not 3-D."""
+    import onnx
+    from onnx import TensorProto, helper
+
     graph = model.graph
     shapes = _shapes(model)
     specs: list[NoiseSpec] = []
@@ -80,6 +85,7 @@ def seed_noise(model: onnx.ModelProto) -> tuple[onnx.ModelProto, list[NoiseSpec]
 
 def _fed_noise(noise: str, like: str, out: str, prefix: str) -> list[onnx.NodeProto]:
     """Nodes making ``out``: ``noise`` tiled along its last axis and cut to ``like``'s shape."""
+    from onnx import TensorProto, helper
 
     def n(name: str) -> str:
         return f"{prefix}/{name}"
@@ -113,6 +119,8 @@ def _fed_noise(noise: str, like: str, out: str, prefix: str) -> list[onnx.NodePr
 
 def _shapes(model: onnx.ModelProto) -> dict[str, list[int | str | None]]:
     """Inferred shapes by tensor name (dims as ints, symbols, or None)."""
+    import onnx
+
     inferred = onnx.shape_inference.infer_shapes(model)
     out: dict[str, list[int | str | None]] = {}
     graph = inferred.graph
@@ -187,6 +195,8 @@ def load_seeded(
 ) -> SeededFrontend | None:
     """The seeded frontend of a loaded voice (its cached split frontend, else its whole
     graph); None, with the reason logged, if its noise cannot be fed."""
+    import onnx
+
     split = split_voice_model(model_path, cache_dir)
     source = split.frontend_path if split is not None else model_path
     seeded = seed_noise(onnx.load(str(source)))

@@ -405,12 +405,15 @@ class VitsModel:
         margin: int = MARGIN_FRAMES,
         *,
         keep_decoder_memory: bool = False,
+        decoder_options: SessionOptions | None = None,
     ) -> VitsModel:
         """Load a voice, splitting it (or reusing the cached split) when possible.
 
         The flow/vocoder cut is preferred; if it fails its probe the joint decoder is
         tried; unsplittable voices, or splits that fail the probe, are loaded whole so the
         server still works, only without chunked decoding. One log line says why.
+        ``decoder_options`` open the decoder's sessions (default: ``session_options``),
+        e.g. on the shared arena when their memory is kept.
         """
         if hop_length <= 0:
             raise ValueError(f"hop_length must be positive, got {hop_length}")
@@ -418,8 +421,11 @@ class VitsModel:
             raise ValueError(f"margin must be >= 0, got {margin}")
         split = split_voice_model(model_path, cache_dir)
 
-        def session(path: Path) -> InferenceSession:
-            return InferenceSession(str(path), sess_options=session_options, providers=PROVIDERS)
+        def session(path: Path, options: SessionOptions = session_options) -> InferenceSession:
+            return InferenceSession(str(path), sess_options=options, providers=PROVIDERS)
+
+        def decoder_session(path: Path) -> InferenceSession:
+            return session(path, decoder_options or session_options)
 
         # With the CPU arena on, each run shrinks it afterwards: the arena's speed inside a
         # run without holding its peak between runs. Decoder runs may keep it instead
@@ -428,7 +434,7 @@ class VitsModel:
         run_options = RunOptions()
         if session_options.enable_cpu_mem_arena:  # rejected by sessions without an arena
             run_options.add_run_config_entry("memory.enable_memory_arena_shrinkage", "cpu:0")
-        decoder_options = RunOptions() if keep_decoder_memory else run_options
+        decoder_run = RunOptions() if keep_decoder_memory else run_options
 
         def whole() -> VitsModel:
             frontend = session(model_path)
@@ -441,7 +447,7 @@ class VitsModel:
             )
             return whole()
         problems: list[str] = []
-        for what, make in _split_decoders(split, session, hop_length, margin, decoder_options):
+        for what, make in _split_decoders(split, decoder_session, hop_length, margin, decoder_run):
             try:
                 decoder = make()
                 model = cls(session(split.frontend_path), decoder, hop_length, run_options)

@@ -2,17 +2,53 @@
 
 from __future__ import annotations
 
+import numpy as np
 import onnxruntime
 
 #: This project builds and tests for the CPU only.
 PROVIDERS = ["CPUExecutionProvider"]
 
+#: onnxruntime's arena growth strategies (`OrtArenaCfg`): each extension doubles the last.
+#: Extensions of just the size asked for held more (one voice +123 MB against +104 MB),
+#: as freed regions of one size fit few later requests.
+_NEXT_POWER_OF_TWO = 0
+#: A one-node model (Identity of a float[1] "x" to "y", opset 13), serialized: what
+#: `shrink_shared_arena` runs. Written out so the server need not import onnx (~11 MB
+#: resident) to make it; tests/test_vits_split.py checks it against onnx.helper's.
+SHRINK_MODEL = bytes.fromhex(
+    "08073a3c0a100a017812017922084964656e746974791206736872696e6b5a0f0a0178120a0a0808"
+    "0112040a020801620f0a0179120a0a08080112040a02080142040a00100d"
+)
 
-def session_options(intra_op_threads: int) -> onnxruntime.SessionOptions:
+
+def share_cpu_arena() -> None:
+    """Register one CPU arena for the process, for sessions opened with ``shared_arena``.
+
+    Process-wide by nature: call once at start-up. Calling again registers a new arena
+    (sessions opened before keep the old one); without a call, such sessions keep an
+    arena each, as all sessions otherwise do.
+    """
+    memory = onnxruntime.OrtMemoryInfo(
+        "Cpu",
+        onnxruntime.OrtAllocatorType.ORT_ARENA_ALLOCATOR,
+        0,
+        onnxruntime.OrtMemType.DEFAULT,
+    )
+    # No limit, default first chunk and dead-bytes bound: only the growth is chosen.
+    config = onnxruntime.OrtArenaCfg(0, _NEXT_POWER_OF_TWO, -1, -1)
+    onnxruntime.create_and_register_allocator(memory, config)
+
+
+def session_options(
+    intra_op_threads: int, *, shared_arena: bool = False
+) -> onnxruntime.SessionOptions:
     """Options for many small runs on a small CPU: a thread pool per session, not spinning.
 
     Spinning pools of several sessions steal each other's cores (see docs/decisions.md).
-    The CPU arena is on; whether a run keeps it is the model's choice.
+    The CPU arena is on; whether a run keeps it is the model's choice. ``shared_arena``:
+    the session allocates from the process's arena (`share_cpu_arena`), so what it keeps
+    between runs is shared with every other such session (of every voice) instead of
+    held apart; runs of these sessions must not shrink it.
     """
     opts = onnxruntime.SessionOptions()
     opts.execution_mode = onnxruntime.ExecutionMode.ORT_SEQUENTIAL
@@ -23,4 +59,20 @@ def session_options(intra_op_threads: int) -> onnxruntime.SessionOptions:
     opts.inter_op_num_threads = 1
     opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     opts.add_session_config_entry("session.inter_op.allow_spinning", "0")
+    if shared_arena:
+        opts.add_session_config_entry("session.use_env_allocators", "1")
     return opts
+
+
+def shrink_shared_arena() -> None:
+    """Hand the shared arena's free regions back to the OS (all of them, when no run is in
+    flight): onnxruntime shrinks an arena only at the end of a run that asks it to, so a
+    one-node session on the arena runs once."""
+    session = onnxruntime.InferenceSession(
+        SHRINK_MODEL,
+        sess_options=session_options(1, shared_arena=True),
+        providers=PROVIDERS,
+    )
+    run_options = onnxruntime.RunOptions()
+    run_options.add_run_config_entry("memory.enable_memory_arena_shrinkage", "cpu:0")
+    session.run(None, {"x": np.zeros(1, dtype=np.float32)}, run_options)

@@ -254,6 +254,10 @@ def open_voice(entry: VoiceEntry, options: LoadOptions) -> LoadedVoice:
             session_options(options.intra_op_threads),
             entry.info.hop_length,
             keep_decoder_memory=options.keep_decoder_memory,
+            # Kept decoder memory is held once for all voices, not once a voice.
+            decoder_options=session_options(
+                options.intra_op_threads, shared_arena=options.keep_decoder_memory
+            ),
         )
         phonemizer = _phonemizer(entry)
         seeded = (
@@ -420,6 +424,13 @@ def _reach_working_size(
     # margins taken whole, plus its left context: one margin more covers it.
     end = min(latent.num_frames, max_chunk_frames + 3 * margin)
     voice.model.decode(latent, min(margin, end), end)
+
+
+def reach_working_size(voice: LoadedVoice) -> None:
+    """Grow kept decoder memory again to the largest run a request can make, as at load
+    (after the shared arena was emptied)."""
+    params = voice.params(None, 0.0, None, 0.0)
+    _reach_working_size(voice, params, MAX_UTTERANCE_IDS, MAX_CHUNK_FRAMES)
 
 
 def _calibration_text(voice: LoadedVoice) -> str:

@@ -37,6 +37,7 @@ from typing import TypeVar
 
 from ..errors import Busy, MemoryExhausted, TtsError, VoiceLoadFailed, VoiceNotFound
 from ..runtime.memory import process_rss, trim_heap
+from ..runtime.ort import shrink_shared_arena
 from ..runtime.scheduler import Scheduler
 from .catalog import VoiceCatalog, VoiceEntry
 from .loader import (
@@ -47,6 +48,7 @@ from .loader import (
     load_voice,
     load_whole_voice,
     open_voice,
+    reach_working_size,
 )
 from .splitter import BackgroundSplitter
 
@@ -58,7 +60,8 @@ T = TypeVar("T")
 TRIM_QUIET = 0.5
 #: Resident bytes a loaded voice costs per byte of model file (measured on medium voices).
 LOAD_COST_FACTOR = 1.6
-#: What a voice's kept decoder memory adds, grown at load to its largest (~60 MB, medium).
+#: What a voice's kept decoder memory adds, grown at load to its largest (~40 MB, medium):
+#: one arena holds it for all voices, so counting it for each is an upper bound.
 KEPT_DECODER_BYTES = 64 * 2**20
 
 
@@ -66,6 +69,10 @@ KEPT_DECODER_BYTES = 64 * 2**20
 LOAD_WAIT_TIMEOUT = 10.0
 #: Seconds between looks at the scheduler while background preparation waits for quiet.
 QUIET_POLL = 0.1
+#: Resident bytes above the figure last read at quiet (voices unchanged) that mean the
+#: shared decoder arena grew for good (two long replies at once: +36 MB, for one voice's
+#: working size of ~40 MB): it is then emptied and grown again to one reply's size.
+ARENA_REGROWN_BYTES = 16 * 2**20
 
 
 @dataclass(frozen=True)
@@ -158,6 +165,7 @@ class VoicePool:
         memory_reader: Callable[[], int] = process_rss,
         loader: Callable[[VoiceEntry, LoadOptions], LoadedVoice] = load_voice,
         whole_loader: Callable[[VoiceEntry, LoadOptions], LoadedVoice] = load_whole_voice,
+        shrink_arena: Callable[[], None] = shrink_shared_arena,
     ) -> None:
         self._config = config
         self._catalog = catalog
@@ -166,6 +174,8 @@ class VoicePool:
         self._memory_reader = memory_reader
         self._loader = loader
         self._whole_loader = whole_loader
+        self._shrink_arena = shrink_arena
+        self._quiet_rss: int | None = None  # read at quiet since the voices last changed
         self._splitter = (
             BackgroundSplitter(config.load.cache_dir) if config.prepare_in_background else None
         )
@@ -338,6 +348,7 @@ class VoicePool:
         if old is not None and (upgrade := self._upgrades.pop(old, None)) is not None:
             upgrade.cancel()  # a split voice of the files replaced
         self._slots[entry.name] = slot
+        self._quiet_rss = None
         self._loads += 1
         self._load_seconds += voice.load_seconds
         how = " whole, until its split voice is ready" if voice.provisional else ""
@@ -428,6 +439,7 @@ class VoicePool:
         """The split voice takes the whole one's place; requests holding that finish on it."""
         slot = _Slot(voice, pinned=whole.pinned, last_used=whole.last_used, last_warm=self._clock())
         self._slots[whole.name] = slot  # same place in the LRU order
+        self._quiet_rss = None
         self._upgraded += 1
         _LOGGER.info(
             "Voice %s now streams (prepared in %.2f s, gain %.2f); %s",
@@ -496,6 +508,7 @@ class VoicePool:
     def _unload(self, slot: _Slot, reason: str) -> None:
         if self._slots.get(slot.name) is slot:
             del self._slots[slot.name]
+            self._quiet_rss = None
         upgrade = self._upgrades.pop(slot, None)
         if upgrade is not None:
             upgrade.cancel()  # its split voice would have nothing to replace
@@ -599,6 +612,34 @@ class VoicePool:
                 break
         # Not on the I/O thread: the next request's catalog lookup must not queue behind it.
         await asyncio.to_thread(trim_heap)
+        if self._config.load.keep_decoder_memory:
+            await self._settle_decoder_memory()
+
+    async def _settle_decoder_memory(self) -> None:
+        """If resident memory grew since the last quiet look with the same voices, empty
+        the shared decoder arena and grow it again to one reply's working size.
+
+        Replies at once grow the arena kept between runs by their sum, for good; emptied
+        after each run instead, it would cost ~20% of synthesis time (docs/decisions.md).
+        Each step waits for quiet, as background preparation does.
+        """
+        rss = await self._rss()
+        if self._quiet_rss is not None and rss > self._quiet_rss + ARENA_REGROWN_BYTES:
+            voices = [s.voice for s in self._slots.values() if not s.voice.provisional]
+            await self._when_quiet(self._shrink_arena)
+            for voice in voices:
+                await self._when_quiet(reach_working_size, voice)
+            await asyncio.to_thread(trim_heap)
+            settled = await self._rss()
+            _LOGGER.info(
+                "Decoder memory grown by replies at once, emptied and grown again: "
+                "%d -> %d MB resident",
+                rss // 2**20,
+                settled // 2**20,
+            )
+            self._quiet_rss = settled  # what it could not give back is not tried again
+            return
+        self._quiet_rss = rss if self._quiet_rss is None else min(self._quiet_rss, rss)
 
     @property
     def splitter(self) -> BackgroundSplitter | None:

@@ -11,15 +11,13 @@ convolution geometry (`reach`), and the parts (`build`) are cached on disk, keye
 model's sha256 (`cache`).
 """
 
-from .build import cached_verdict, split_voice_model
 from .cache import SplitModel, VocoderSplit, VocoderStage
-from .reach import receptive_field
+from .lookup import cached_verdict, split_voice_model
 
 __all__ = [
     "SplitModel",
     "VocoderSplit",
     "VocoderStage",
     "cached_verdict",
-    "receptive_field",
     "split_voice_model",
 ]

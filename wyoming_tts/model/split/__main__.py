@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 
 from ...runtime.scheduler import lowest_priority
-from .build import split_voice_model
+from .lookup import split_voice_model
 
 
 def main(argv: list[str]) -> int:

@@ -21,9 +21,6 @@ from .cache import (
     SplitModel,
     VocoderSplit,
     VocoderStage,
-    fallback_cache_dir,
-    read_cache,
-    sha256,
     stage_file,
     write_atomic,
     write_meta,
@@ -34,47 +31,8 @@ from .reach import reach_frames, receptive_field
 _LOGGER = logging.getLogger(__name__)
 
 
-def split_voice_model(model_path: Path, cache_dir: Path) -> SplitModel | None:
-    """Return the cached frontend/decoder split of ``model_path``, computing it if needed.
-
-    Returns None when no seam is recognised; that verdict is cached too, so the (slow)
-    analysis of an unsplittable voice is not repeated on every load. A cache dir that
-    cannot be written (read-only, full, a file in the way) costs a warning, never the
-    voice: the split goes to this user's temp folder, or the voice is used whole.
-    """
-    digest = sha256(model_path)
-    fallback = fallback_cache_dir()
-    for directory in dict.fromkeys((cache_dir, fallback)):
-        try:
-            return _split_into(model_path, directory, digest)
-        except OSError as err:
-            then = f"using {fallback}" if directory != fallback else "using the voice whole"
-            _LOGGER.warning(
-                "Cannot write the split of %s to %s (%s); %s",
-                model_path.name,
-                directory,
-                err.strerror or err,
-                then,
-            )
-    return None
-
-
-def cached_verdict(model_path: Path, cache_dir: Path) -> bool | None:
-    """What `split_voice_model` would find in ``cache_dir`` without splitting: True (a
-    split), False (a cached "no seam"), None (nothing usable: it would split, or look in
-    the fallback). Reads and hashes files only, so a caller can tell whether a split is
-    needed at all."""
-    digest = sha256(model_path)
-    hit, split = read_cache(cache_dir / digest[:16], digest)
-    return (split is not None) if hit else None
-
-
-def _split_into(model_path: Path, cache_dir: Path, digest: str) -> SplitModel | None:
-    entry_dir = cache_dir / digest[:16]
-    hit, cached = read_cache(entry_dir, digest)
-    if hit:
-        return cached
-
+def split_entry(model_path: Path, entry_dir: Path, digest: str) -> SplitModel | None:
+    """Analyse ``model_path`` and write its split (or its "no seam") to ``entry_dir``."""
     model = onnx.load(str(model_path))
     cut = find_cut(model)
     entry_dir.mkdir(parents=True, exist_ok=True)
