@@ -78,7 +78,7 @@ def servers(args: argparse.Namespace, root: Path) -> list[Server]:
             "wyoming_tts",
             [
                 *("--uri", "tcp://127.0.0.1:{port}", "--data-dir", str(voices)),
-                *("--voice", DEFAULT_VOICE, "--cache-dir", str(root / "cache")),
+                *("--voice", DEFAULT_VOICE, "--cache-dir", str(root / name / "cache")),
                 *("--phrase-cache-mb", "0", *shlex.split(flags)),
             ],
         )

@@ -5,7 +5,6 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from wyoming_tts.runtime.scheduler import AHEAD, RUNNING_DRY, STARTING
 from wyoming_tts.synth.chunking import (
     FIRST_CHUNK_FRAMES,
     LOW_WATER,
@@ -80,14 +79,14 @@ def test_frame_cost_is_a_moving_estimate() -> None:
 def test_pacing_tracks_audio_ahead_of_playback() -> None:
     clock = FakeClock(100.0)
     pacing = Pacing(frame_cost=0.001, clock=clock)
-    assert pacing.ahead() is None and pacing.priority() == (STARTING, 100.0)
+    assert pacing.ahead() is None and pacing.starving()
     assert not pacing.timed(0.5, 10)  # before first audio: not a vocoder timing
     assert pacing.frame_cost == 0.001
     pacing.emitted(0.2)
     assert pacing.started and pacing.ahead() == 0.2
-    assert pacing.priority() == (RUNNING_DRY, 100.2)  # under LOW_WATER left: its deadline
+    assert pacing.starving()  # under LOW_WATER left
     pacing.emitted(LOW_WATER)
-    assert pacing.priority() == (AHEAD, 100.0)
+    assert not pacing.starving()
     clock.now += 1.0  # playback overtook production
     assert pacing.timed(0.01, 10)
     assert pacing.frame_cost == next_frame_cost(0.001, 0.01, 10)

@@ -19,7 +19,7 @@ import pytest
 
 from wyoming_tts.errors import Busy, MemoryExhausted, VoiceLoadFailed, VoiceNotFound
 from wyoming_tts.model.vits import StagedDecoder, WholeDecoder
-from wyoming_tts.runtime.scheduler import AHEAD, Priority, Scheduler
+from wyoming_tts.runtime.scheduler import Scheduler
 from wyoming_tts.voices import pool as pool_module
 from wyoming_tts.voices.catalog import VoiceCatalog, VoiceEntry
 from wyoming_tts.voices.loader import LoadedVoice, LoadOptions, load_voice
@@ -300,9 +300,9 @@ class RecordingScheduler(Scheduler):
         super().__init__(workers)
         self.steps: list[str] = []
 
-    async def run(self, func: Any, *args: object, priority: Priority = (AHEAD, 0.0)) -> Any:
+    async def run(self, func: Any, *args: object, urgent: bool = False) -> Any:
         self.steps.append(getattr(func, "__name__", type(func).__name__))
-        return await super().run(func, *args, priority=priority)
+        return await super().run(func, *args, urgent=urgent)
 
 
 async def until(condition: Any, what: str, timeout: float = 120.0) -> None:

@@ -5,40 +5,26 @@ from __future__ import annotations
 import asyncio
 import threading
 
-from wyoming_tts.runtime.scheduler import AHEAD, RUNNING_DRY, STARTING, Scheduler, starting
+from wyoming_tts.runtime.scheduler import Scheduler
 
 
-async def test_replies_about_to_run_dry_go_first_then_new_ones_then_the_rest() -> None:
+async def test_urgent_steps_go_first_then_the_rest_in_arrival_order() -> None:
     scheduler = Scheduler(workers=1)
     gate = threading.Event()
     order: list[str] = []
     try:
         blocker = asyncio.ensure_future(scheduler.run(gate.wait, 10.0))
         await asyncio.sleep(0.05)  # the only thread is busy: everything below queues
-        steps = {
-            "ahead-old": (AHEAD, 1.0),
-            "start-late": (STARTING, 5.0),
-            "dry-later": (RUNNING_DRY, 9.0),
-            "start-early": starting(2.0),
-            "dry-sooner": (RUNNING_DRY, 3.0),
-            "ahead-new": (AHEAD, 4.0),
-        }
+        steps = [("later-1", False), ("first-1", True), ("later-2", False), ("first-2", True)]
         tasks = [
-            asyncio.ensure_future(scheduler.run(order.append, name, priority=priority))
-            for name, priority in steps.items()
+            asyncio.ensure_future(scheduler.run(order.append, name, urgent=urgent))
+            for name, urgent in steps
         ]
         await asyncio.sleep(0.05)
         assert order == []  # queued, not run, while the thread is busy
         gate.set()
         await asyncio.gather(blocker, *tasks)
-        assert order == [
-            "dry-sooner",
-            "dry-later",
-            "start-early",
-            "start-late",
-            "ahead-old",
-            "ahead-new",
-        ]
+        assert order == ["first-1", "first-2", "later-1", "later-2"]
     finally:
         gate.set()
         await asyncio.to_thread(scheduler.shutdown)
@@ -51,7 +37,7 @@ async def test_a_cancelled_step_is_dropped_before_it_runs() -> None:
     try:
         blocker = asyncio.ensure_future(scheduler.run(gate.wait, 10.0))
         await asyncio.sleep(0.05)
-        dropped = asyncio.ensure_future(scheduler.run(ran.append, "gone", priority=starting()))
+        dropped = asyncio.ensure_future(scheduler.run(ran.append, "gone", urgent=True))
         kept = asyncio.ensure_future(scheduler.run(ran.append, "kept"))
         await asyncio.sleep(0.05)
         dropped.cancel()

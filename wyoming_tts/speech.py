@@ -28,7 +28,7 @@ from .audio import CHANNELS, SAMPLE_WIDTH
 from .config import Settings
 from .errors import Busy, EmptyText, InternalError, NoSpeech, TextTooLong, TtsError, VoiceNotFound
 from .presets import Preset, PresetError
-from .runtime.scheduler import Scheduler, starting
+from .runtime.scheduler import Scheduler
 from .synth.cleanup import Cleaner, clean_text
 from .synth.engine import Envelope, SpeechStats, Synthesizer
 from .synth.lexicon import Lexicon
@@ -365,9 +365,7 @@ class SpeechService:
             # Cleaning and normalising 100,000 characters takes tens of ms: off the loop.
             # Splitting is lazy and linear, a few sentences at a time between other
             # connections' events.
-            normalized = await self._scheduler.run(
-                self._prepare, text, cleanup, priority=starting()
-            )
+            normalized = await self._scheduler.run(self._prepare, text, cleanup, urgent=True)
             for i, sentence in enumerate(iter_sentences(normalized)):
                 yield add_punctuation(sentence, punctuation)
                 if i % _SENTENCES_PER_YIELD == _SENTENCES_PER_YIELD - 1:
@@ -393,7 +391,7 @@ class SpeechService:
         """A streamed chunk's cleaned text; a big one is parsed off the loop."""
         if len(chunk) <= _CLEAN_ON_LOOP_CHARS:
             return "".join(cleaner.add(chunk))
-        return await self._scheduler.run(_cleaned, cleaner, chunk, priority=starting())
+        return await self._scheduler.run(_cleaned, cleaner, chunk, urgent=True)
 
 
 async def _rewritten(

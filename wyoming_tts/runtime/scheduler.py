@@ -1,12 +1,10 @@
 """Inference threads: the only place CPU work is queued.
 
 Every phonemize, frontend and decoder call goes through one pool of
-``workers`` threads, most pressing step first (a `Priority`): a reply whose
-listener is about to run out of audio, earliest deadline first; then the steps
-before a reply's first audio, oldest request first; then replies comfortably
-ahead of their listener. So under more load than the cores can speak in real
-time, replies already playing keep playing and new ones start later, rather
-than every reply breaking up. The queue lives on the event loop and a step is handed
+``workers`` threads. Steps that stand between a request and its first audio
+are *urgent* and jump ahead of the large later chunks of requests that are
+already playing (those have seconds of audio buffered); within a class, steps
+run in arrival order. The queue lives on the event loop and a step is handed
 to a thread only when one is free, so the loop never waits on a lock a worker
 holds. The scheduler also counts the requests in flight, so chunk sizing,
 keep-alive and heap trimming can see the load; deciding whom to turn away is
@@ -22,26 +20,13 @@ import itertools
 import os
 import queue
 import threading
-import time
 from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
 T = TypeVar("T")
 
-#: A step's class, most pressing first, and its order within the class (smaller first):
-#: a deadline or an arrival time on the `time.perf_counter` clock.
-Priority = tuple[int, float]
-#: A playing reply with little audio left for its listener; ordered by when it runs out.
-RUNNING_DRY = 0
-#: Before a reply's first audio; ordered by when the request arrived.
-STARTING = 1
-#: A playing reply well ahead of its listener; ordered by arrival.
-AHEAD = 2
-
-
-def starting(arrived: float | None = None) -> Priority:
-    """Priority of a step before a reply's first audio (``arrived``: the request's time)."""
-    return (STARTING, time.perf_counter() if arrived is None else arrived)
+_URGENT = 0
+_NORMAL = 1
 
 
 class _Job:
@@ -66,7 +51,7 @@ class Scheduler:
         self._active = 0
         self._queued_steps = 0
         self._idle = workers
-        self._heap: list[tuple[int, float, int, _Job]] = []
+        self._heap: list[tuple[int, int, _Job]] = []
         self._seq = itertools.count()
         self._inbox: queue.SimpleQueue[tuple[_Job, asyncio.AbstractEventLoop] | None] = (
             queue.SimpleQueue()
@@ -101,12 +86,12 @@ class Scheduler:
         finally:
             self._active -= 1
 
-    async def run(
-        self, func: Callable[..., T], *args: object, priority: Priority = (AHEAD, 0.0)
-    ) -> T:
+    async def run(self, func: Callable[..., T], *args: object, urgent: bool = False) -> T:
         """Run one blocking step on an inference thread; cancelling drops it if not started."""
         future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
-        heapq.heappush(self._heap, (*priority, next(self._seq), _Job(func, args, future)))
+        heapq.heappush(
+            self._heap, (_URGENT if urgent else _NORMAL, next(self._seq), _Job(func, args, future))
+        )
         self._queued_steps += 1
         self._dispatch()
         try:
@@ -124,7 +109,7 @@ class Scheduler:
     def _dispatch(self) -> None:
         loop = asyncio.get_running_loop()
         while self._idle and self._heap:
-            *_, job = heapq.heappop(self._heap)
+            _, _, job = heapq.heappop(self._heap)
             if job.future.done():
                 continue  # its requester is gone: no CPU for audio nobody will hear
             self._idle -= 1

@@ -13,7 +13,6 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from ..runtime.scheduler import AHEAD, RUNNING_DRY, Priority, starting
 from ..voices.loader import MAX_CHUNK_FRAMES
 
 #: Frames (11.6 ms each at 22 kHz) of a response's first chunk; 8 gained nothing
@@ -24,8 +23,8 @@ FIRST_CHUNK_FRAMES = 16
 MAX_FIRST_CHUNK_FACTOR = 4
 #: Share of the audio already ahead of playback that the next chunk may take to compute.
 SAFETY = 0.6
-#: Seconds of audio ahead of playback below which a playing response's steps go before
-#: new requests' first steps, so those cannot starve it into a gap.
+#: Seconds of audio ahead of playback below which a playing response's steps are urgent
+#: too, so new requests' first steps cannot starve it into a gap.
 LOW_WATER = 0.5
 #: Guess of decoder seconds per frame for a voice not yet timed (its warm-up times it).
 INITIAL_FRAME_COST = 0.0008
@@ -89,13 +88,6 @@ class Pacing:
     """Seconds of audio produced so far."""
     started_at: float | None = None
     """When the first audio left; playback is assumed to start then."""
-    arrived: float | None = None
-    """When the request began, on `clock` (None: at creation): its place in the queue
-    among requests starting or ahead."""
-
-    def __post_init__(self) -> None:
-        if self.arrived is None:
-            self.arrived = self.clock()
 
     @property
     def started(self) -> bool:
@@ -107,15 +99,10 @@ class Pacing:
             return None
         return self.produced - (self.clock() - self.started_at)
 
-    def priority(self) -> Priority:
-        """This response's next step's place in the scheduler's queue (see `Scheduler`):
-        a reply under LOW_WATER seconds from running dry goes by when it would."""
-        ahead, arrived = self.ahead(), self.arrived or 0.0
-        if ahead is None:
-            return starting(arrived)
-        if ahead < LOW_WATER:
-            return (RUNNING_DRY, self.clock() + ahead)
-        return (AHEAD, arrived)
+    def starving(self) -> bool:
+        """Before the first audio, or with under LOW_WATER seconds of it left to play."""
+        ahead = self.ahead()
+        return ahead is None or ahead < LOW_WATER
 
     def timed(self, seconds: float, frames: int) -> bool:
         """Record one decode after the first; True if playback ran dry meanwhile."""

@@ -170,10 +170,10 @@ class Synthesizer:
         model, run = voice.model, self._scheduler.run
         start, total = 0, latent.num_frames
         while start < total:
-            priority = pacing.priority()
+            urgent = pacing.starving()
             if (pacing.started or fixed_plan) and model.needs_flow(latent):
                 # From now on each chunk of this utterance costs only the vocoder.
-                latent = await run(model.with_flow, latent, start, priority=priority)
+                latent = await run(model.with_flow, latent, start, urgent=urgent)
             if fixed_plan:
                 end = fixed_chunk(start, total, margin=model.margin)
             else:
@@ -186,7 +186,7 @@ class Synthesizer:
                     requests_in_flight=self._scheduler.active_requests,
                 )
             began = time.perf_counter()
-            audio = await run(model.decode, latent, start, end, priority=priority)
+            audio = await run(model.decode, latent, start, end, urgent=urgent)
             decoded = min(total, end + model.margin) - max(0, start - model.margin)
             stats.decoder_calls += 1
             if pacing.timed(time.perf_counter() - began, decoded):
@@ -222,13 +222,13 @@ class Synthesizer:
                     yield _Utterance(n, starts_sentence=True, ends_sentence=True, cached=cached)
                     continue
                 stats.phrase_misses += 1
-            id_lists = await run(voice.phoneme_ids, sentence, priority=pacing.priority())
+            id_lists = await run(voice.phoneme_ids, sentence, urgent=not pacing.started)
             for i, ids in enumerate(id_lists):
                 these = params
                 if params.seed is not None:  # seeded from the text and its place in it
                     these = replace(params, seed=utterance_seed(params.seed, sentence, position))
                 position += 1
-                latent = await run(voice.frontend, ids, these, priority=pacing.priority())
+                latent = await run(voice.frontend, ids, these, urgent=not pacing.started)
                 if latent.num_frames > 0:
                     stats.utterances += 1
                     last = i == len(id_lists) - 1
