@@ -29,22 +29,30 @@ _HEIGHT = 2  # the inserted axis: [N, C, T] -> [N, C, 1, T]
 _SUFFIX = "/h1"
 #: Channels a blocked-layout Conv needs a multiple of (16 covers AVX2's 8 and AVX-512's 16).
 _BLOCK = 16
+#: Output channels below which a Conv stays 1-D. onnxruntime splits a blocked Conv over
+#: threads by sets of 32 output channels (and by rows: here one), so a narrower one runs
+#: on one thread: 32 channels over 66,816 frames took 43.7 ms blocked against 34.0 ms as
+#: 1-D (2 threads); at 64 and 128 channels the two were even, and the blocked layout
+#: wins in a whole part by what it fuses around the Conv.
+MIN_CHANNELS = 64
 
 
-def convs_as_2d(model: onnx.ModelProto) -> onnx.ModelProto:
-    """``model`` with every 1-D Conv and ConvTranspose run as a 2-D one (a copy).
+def convs_as_2d(model: onnx.ModelProto, min_channels: int = MIN_CHANNELS) -> onnx.ModelProto:
+    """``model`` with its 1-D Conv and ConvTranspose run as 2-D ones (a copy).
 
-    Convolutions whose weights are not constant, or that pad automatically, are left 1-D.
+    Left 1-D: those with fewer than ``min_channels`` output channels, and those whose
+    weights are not constant or that pad automatically.
     """
-    return _Rewriter(model).run()
+    return _Rewriter(model, min_channels).run()
 
 
 class _Rewriter:
     """One pass over the nodes in order: each is lifted to 4-D or kept, and a kept node
     reading a lifted tensor gets its 3-D form squeezed back just before it."""
 
-    def __init__(self, model: onnx.ModelProto) -> None:
+    def __init__(self, model: onnx.ModelProto, min_channels: int) -> None:
         self.model = model
+        self.min_channels = min_channels
         self.opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 1)
         self.constants: dict[str, np.ndarray] = {
             t.name: numpy_helper.to_array(t) for t in model.graph.initializer
@@ -52,7 +60,8 @@ class _Rewriter:
         for node in model.graph.node:
             if node.op_type == "Constant" and node.attribute and node.attribute[0].name == "value":
                 self.constants[node.output[0]] = numpy_helper.to_array(node.attribute[0].t)
-        self.ranks, self.channels = _ranks(model)
+        self.ranks, self.channels, self.types = _ranks(model)
+        self.frames: dict[str, str] = {}  # 3-D tensor -> a name for its frame count
         self.consumers: dict[str, list[onnx.NodeProto]] = {}
         for node in model.graph.node:
             for name in node.input:
@@ -82,6 +91,7 @@ class _Rewriter:
         del out.graph.initializer[:]
         out.graph.initializer.extend(initializers)
         del out.graph.value_info[:]
+        out.graph.value_info.extend(self._shape_hints())
         return out
 
     # -- lifting one node -------------------------------------------------------------
@@ -102,7 +112,7 @@ class _Rewriter:
         if node.op_type == "Shape":
             return self._lift_shape(node)
         if node.op_type == "ConstantOfShape":  # of a lifted Shape: a 4-D tensor
-            self._emit(node, [self.lifted[node.input[0]]])
+            self._emit(node, [self.lifted[node.input[0]]], frames=self.frames.get(node.input[0]))
             return True
         return False
 
@@ -113,7 +123,7 @@ class _Rewriter:
             return False
         if len(node.output) != 1 or any(a.name in ("start", "end") for a in node.attribute):
             return False
-        self._emit(node, [self.lifted[node.input[0]]])
+        self._emit(node, [self.lifted[node.input[0]]], frames=self.frames.get(node.input[0]))
         return True
 
     def _lift_conv(self, node: onnx.NodeProto) -> bool:
@@ -123,6 +133,10 @@ class _Rewriter:
         if weight is None or weight.ndim != 3 or auto_pad not in (b"NOTSET", "NOTSET"):
             return False
         if self.ranks.get(node.input[0]) != 3 and node.input[0] not in self.lifted:
+            return False
+        channels = int(weight.shape[0 if node.op_type == "Conv" else 1])
+        channels *= int(attrs.get("group", 1)) if node.op_type == "ConvTranspose" else 1
+        if channels < self.min_channels:
             return False
         new_attrs: dict[str, Any] = {}
         for name, value in attrs.items():
@@ -140,18 +154,17 @@ class _Rewriter:
         new_attrs.setdefault("kernel_shape", [1, int(weight.shape[2])])
         weight_4d = self._constant(node.input[1], weight[:, :, None, :], "w")
         inputs = [self._as_4d(node.input[0]), weight_4d, *node.input[2:]]
-        channels = int(weight.shape[1]) * int(attrs.get("group", 1))
         blocked = node.op_type == "ConvTranspose" and channels % _BLOCK == 0
-        output = (
-            self._fresh(node.output[0] + "/t" + _SUFFIX) if blocked else self._twin(node.output[0])
-        )
+        frames = self.frames.get(node.input[0]) if _same_length(node, attrs, weight) else None
+        twin = self._twin(node.output[0], frames or self._symbol())
+        output = self._fresh(node.output[0] + "/t" + _SUFFIX) if blocked else twin
         self.nodes.append(
             helper.make_node(node.op_type, inputs, [output], name=node.name + _SUFFIX, **new_attrs)
         )
         if blocked:
             # onnxruntime has no blocked ConvTranspose: an identity Conv after it puts its
             # output in the blocked layout once for all of its readers.
-            self._identity(output, self._twin(node.output[0]), channels, node.name)
+            self._identity(output, twin, channels, node.name)
         return True
 
     def _identity(self, source: str, target: str, channels: int, name: str) -> None:
@@ -190,7 +203,7 @@ class _Rewriter:
                 inputs.append(self._as_4d(name))
             else:
                 inputs.append(name)  # rank 0 or 1: broadcasts over the last axis either way
-        self._emit(node, inputs)
+        self._emit(node, inputs, frames=self._common_frames(node.input))
         return True
 
     def _lift_leaky_relu(self, node: onnx.NodeProto) -> bool:
@@ -204,6 +217,8 @@ class _Rewriter:
         channels = self.channels.get(source)
         if source not in self.lifted or channels is None or channels % _BLOCK:
             return False
+        if channels < self.min_channels:
+            return False
         through = self._fresh(f"{node.output[0]}/identity{_SUFFIX}")
         self._identity(self.lifted[source], through, channels, node.name)
         attrs: dict[str, Any] = {a.name: helper.get_attribute_value(a) for a in node.attribute}
@@ -211,7 +226,7 @@ class _Rewriter:
             helper.make_node(
                 "LeakyRelu",
                 [through],
-                [self._twin(node.output[0])],
+                [self._twin(node.output[0], self.frames.get(source))],
                 name=node.name + _SUFFIX,
                 **attrs,
             )
@@ -233,7 +248,8 @@ class _Rewriter:
             return False
         axes_4d = self._constant(node.input[3], np.asarray(moved, dtype=axes.dtype), "axes")
         inputs = [self.lifted[data], *node.input[1:3], axes_4d, *node.input[4:]]
-        self._emit(node, inputs)
+        keeps_frames = _HEIGHT + 1 not in moved
+        self._emit(node, inputs, frames=self.frames.get(data) if keeps_frames else None)
         return True
 
     def _lift_axis_attr(self, node: onnx.NodeProto) -> bool:
@@ -246,15 +262,18 @@ class _Rewriter:
         if axis is None:
             return False
         inputs = [self._as_4d(name) for name in data] + list(node.input[len(data) :])
-        self._emit(node, inputs, axis=axis)
+        frames = self._common_frames(data) if axis != _HEIGHT + 1 else None
+        self._emit(node, inputs, frames=frames, axis=axis)
         return True
 
     # -- tensors ------------------------------------------------------------------------
 
-    def _emit(self, node: onnx.NodeProto, inputs: list[str], **changed: Any) -> None:
+    def _emit(
+        self, node: onnx.NodeProto, inputs: list[str], frames: str | None, **changed: Any
+    ) -> None:
         attrs: dict[str, Any] = {a.name: helper.get_attribute_value(a) for a in node.attribute}
         attrs.update(changed)
-        outputs = [self._twin(name) if name else "" for name in node.output]
+        outputs = [self._twin(name, frames) if name else "" for name in node.output]
         self.nodes.append(
             helper.make_node(
                 node.op_type,
@@ -266,17 +285,42 @@ class _Rewriter:
             )
         )
 
-    def _twin(self, name: str) -> str:
+    def _twin(self, name: str, frames: str | None) -> str:
         twin = self._fresh(name + _SUFFIX)
         self.lifted[name] = twin
+        if frames is not None:
+            self.frames[name] = frames
         return twin
+
+    def _symbol(self) -> str:
+        """A new name for a frame count not known to equal any other."""
+        return self._fresh("frames")
+
+    def _common_frames(self, names: Iterable[str]) -> str | None:
+        """The frame count all lifted tensors among ``names`` share, if it is known."""
+        found = {self.frames.get(name) for name in names if name in self.lifted}
+        return found.pop() if len(found) == 1 else None
+
+    def _shape_hints(self) -> list[onnx.ValueInfoProto]:
+        """Shapes of the 4-D tensors whose frames are known to equal others'.
+
+        onnxruntime's NCHWc transformer adds (or fuses into a Conv) two blocked tensors
+        only if it can tell their shapes are equal, which it cannot after a dilated
+        convolution; a shared symbol for the frame axis tells it.
+        """
+        hints: list[onnx.ValueInfoProto] = []
+        for name, twin in self.lifted.items():
+            frames, channels = self.frames.get(name), self.channels.get(name)
+            if frames is not None and channels is not None and name in self.types:
+                shape = [None, channels, 1, frames]
+                hints.append(helper.make_tensor_value_info(twin, self.types[name], shape))
+        return hints
 
     def _as_4d(self, name: str) -> str:
         """The 4-D twin of a 3-D tensor, unsqueezed here if it has none yet."""
         if name not in self.lifted:
-            twin = self._fresh(name + _SUFFIX)
+            twin = self._twin(name, self._symbol())
             self.nodes.append(self._reshape_node("Unsqueeze", name, twin))
-            self.lifted[name] = twin
         return self.lifted[name]
 
     def _need_3d(self, names: Iterable[str]) -> None:
@@ -318,6 +362,14 @@ class _Rewriter:
         return name
 
 
+def _same_length(node: onnx.NodeProto, attrs: dict[str, Any], weight: np.ndarray) -> bool:
+    """A Conv whose output has as many frames as its input (stride 1, padded (k-1)*d)."""
+    if node.op_type != "Conv" or any(int(s) != 1 for s in attrs.get("strides", [1])):
+        return False
+    span = (int(weight.shape[2]) - 1) * int(attrs.get("dilations", [1])[0])
+    return sum(int(p) for p in attrs.get("pads", [0, 0])) == span
+
+
 def _moved_axis(axis: int) -> int | None:
     """Where an axis of a 3-D tensor is in its 4-D twin; None if the rank is unknown."""
     if axis < -3 or axis > 2:
@@ -326,22 +378,25 @@ def _moved_axis(axis: int) -> int | None:
     return axis + (axis >= _HEIGHT)
 
 
-def _ranks(model: onnx.ModelProto) -> tuple[dict[str, int], dict[str, int]]:
-    """The rank of every tensor shape inference can tell, and the channels (axis 1) of
-    every 3-D one whose channels it knows."""
+def _ranks(model: onnx.ModelProto) -> tuple[dict[str, int], dict[str, int], dict[str, int]]:
+    """The rank of every tensor shape inference can tell, the channels (axis 1) of every
+    3-D one whose channels it knows, and the element type of each typed one."""
     try:
         inferred = onnx.shape_inference.infer_shapes(model)
     except Exception:  # an unknown rank only means nothing is lifted there
         inferred = model
     ranks: dict[str, int] = {}
     channels: dict[str, int] = {}
+    types: dict[str, int] = {}
     graph = inferred.graph
     for info in (*graph.input, *graph.value_info, *graph.output):
         tensor = info.type.tensor_type
+        if info.type.HasField("tensor_type") and tensor.elem_type:
+            types[info.name] = tensor.elem_type
         if info.type.HasField("tensor_type") and tensor.HasField("shape"):
             ranks[info.name] = len(tensor.shape.dim)
             if len(tensor.shape.dim) == 3 and tensor.shape.dim[1].HasField("dim_value"):
                 channels[info.name] = tensor.shape.dim[1].dim_value
     for tensor in graph.initializer:
         ranks[tensor.name] = len(tensor.dims)
-    return ranks, channels
+    return ranks, channels, types
