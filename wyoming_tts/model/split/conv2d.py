@@ -30,11 +30,12 @@ _SUFFIX = "/h1"
 #: Channels a blocked-layout Conv needs a multiple of (16 covers AVX2's 8 and AVX-512's 16).
 _BLOCK = 16
 #: Output channels below which a Conv stays 1-D. onnxruntime splits a blocked Conv over
-#: threads by sets of 32 output channels (and by rows: here one), so a narrower one runs
-#: on one thread: 32 channels over 66,816 frames took 43.7 ms blocked against 34.0 ms as
-#: 1-D (2 threads); at 64 and 128 channels the two were even, and the blocked layout
-#: wins in a whole part by what it fuses around the Conv.
-MIN_CHANNELS = 64
+#: threads by sets of 32 output channels and by rows (here one), so a 32-channel one runs
+#: on one thread: over 66,816 frames in one run it took 43.7 ms against 34.0 ms 1-D (2
+#: threads), but as the decoder runs the last stage, 64 frames at a time, the blocked
+#: stage was faster (4 windows: 95 / 103 ms against 139 / 131 ms) and replies ended
+#: sooner (paired 0.82-0.94 against this at 64). No Piper family is narrower than 32.
+MIN_CHANNELS = 32
 
 
 def convs_as_2d(model: onnx.ModelProto, min_channels: int = MIN_CHANNELS) -> onnx.ModelProto:
