@@ -34,7 +34,8 @@ _BLOCK = 16
 #: on one thread: over 66,816 frames in one run it took 43.7 ms against 34.0 ms 1-D (2
 #: threads), but as the decoder runs the last stage, 64 frames at a time, the blocked
 #: stage was faster (4 windows: 95 / 103 ms against 139 / 131 ms) and replies ended
-#: sooner (paired 0.82-0.94 against this at 64). No Piper family is narrower than 32.
+#: sooner on a busy machine (paired 0.82-0.94 against this at 64; docs/decisions.md).
+#: No Piper family is narrower than 32.
 MIN_CHANNELS = 32
 
 
