@@ -20,8 +20,9 @@ from pathlib import Path
 #: Bump when the split logic or the cache layout changes, so stale caches are ignored.
 #: 5: each part's sha256 is recorded and checked. 6: a multi-speaker voice's seam carries
 #: the speaker embedding alone (its projections move to the decoder side); whole-range
-#: slices on the frame axis no longer hide a flow/vocoder seam.
-CACHE_VERSION = 6
+#: slices on the frame axis no longer hide a flow/vocoder seam. 7: parts are written with
+#: their convolutions 2-D (`conv2d`).
+CACHE_VERSION = 7
 
 _LOGGER = logging.getLogger(__name__)
 
