@@ -599,6 +599,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not python.exists():
             print(f"missing interpreter {python}; run script/bench", file=sys.stderr)
             return 2
+    load_before = os.getloadavg()  # a quoted run starts on a quiet machine: say how quiet
     res = asyncio.run(run(opts))
     rows = build_table(res)
     table = render(rows)
@@ -612,6 +613,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "python": sys.version,
         "platform": platform.platform(),
         "cpus": os.cpu_count(),
+        "load_before": load_before,
     }
     output.write_text(json.dumps({"meta": meta, "table": rows, "results": res}, indent=2))
     print(f"\nJSON: {output}  (elapsed {res['elapsed_seconds']:.0f}s)")
