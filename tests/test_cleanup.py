@@ -95,6 +95,8 @@ MARKDOWN_TEXT = st.lists(
 @given(text=MARKDOWN_TEXT, cuts=st.lists(st.integers(0, 200), max_size=8))
 @example(text="a**a a**", cuts=[])  # intraword `**`: one delimiter run left open
 @example(text="a _https://a_", cuts=[])  # `_` after the cut's space opens emphasis
+@example(text="a*a** a*", cuts=[])  # rule of three: `*` and `**` do not pair, both stay open
+@example(text="_https://a a_", cuts=[])  # `_` emphasis open across the space after a URL
 def test_streamed_in_any_split_cleans_like_whole(text: str, cuts: list[int]) -> None:
     """Home Assistant streams LLM text split anywhere, even inside `**` or a URL."""
     points = sorted({c for c in cuts if c < len(text)})

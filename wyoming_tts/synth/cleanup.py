@@ -24,8 +24,9 @@ _URL = re.compile(r"(?:\bhttps?://|\bwww\.)[^\s<>()\[\]\"']+", re.IGNORECASE)
 _PHONEMES = re.compile(r"\[\[.*?\]\]", re.DOTALL)
 _SPACES = re.compile(r"[ \t]+")
 _NUMBERED = re.compile(r"\d+[.)]")
-#: Emphasis delimiters: `**` is one, so "a**a" leaves one open (intraword emphasis).
+#: Emphasis delimiter runs, of `*` and of `_`: `**` is one, so "a**a" leaves one open.
 _STAR_RUNS = re.compile(r"\*+")
+_UNDERSCORE_RUNS = re.compile(r"_+")
 _SPACE_BEFORE_MARK = re.compile(r"[ \t]+(?=[.,;:!?])")
 #: Markup characters that mean nothing spoken once markdown has been read.
 _STRAY = frozenset("*_#~`|<>{}^\\[]")
@@ -150,10 +151,17 @@ def _sentence(text: str) -> bool:
     return (
         any(ch.isalpha() for ch in line)
         and line.count("`") % 2 == 0
-        and len(_STAR_RUNS.findall(line)) % 2 == 0
+        and _runs_pair(_STAR_RUNS.findall(line))
+        and _runs_pair(_UNDERSCORE_RUNS.findall(line))
         and _unclosed(line, "[", "]") == 0
         and _unclosed(line, "(", ")") == 0
     )
+
+
+def _runs_pair(runs: list[str]) -> bool:
+    """Emphasis runs that pair off: an even number, all of one length. Runs of different
+    lengths may not pair at all (CommonMark's rule of three: "a*a**" leaves both open)."""
+    return len(runs) % 2 == 0 and len(set(map(len, runs))) <= 1
 
 
 def _unclosed(line: str, opening: str, closing: str) -> int:
