@@ -152,8 +152,11 @@ class Server:
             stdout=self._log,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
-            env=env_for_servers(),
+            env=self._env(),
         )
+
+    def _env(self) -> dict[str, str]:
+        return env_for_servers()
 
     def stop(self) -> None:
         proc, self.proc = self.proc, None

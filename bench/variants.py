@@ -18,7 +18,6 @@ import asyncio
 import json
 import shlex
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -33,7 +32,6 @@ from common import (
     Result,
     Server,
     ServerSpec,
-    env_for_servers,
     make_voice_dir,
     median,
     percentile,
@@ -93,18 +91,11 @@ class CheckoutServer(Server):
 
     checkout: str = ""
 
-    def _spawn(self, args: list[str]) -> subprocess.Popen[bytes]:
-        env = env_for_servers()
+    def _env(self) -> dict[str, str]:
+        env = super()._env()
         if self.checkout:
             env["PYTHONPATH"] = str(Path(self.checkout).absolute())
-        return subprocess.Popen(
-            [str(self.spec.python), "-m", self.spec.module, *args],
-            cwd=self.workdir,
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            env=env,
-        )
+        return env
 
 
 def rotate(items: Sequence[Server], k: int) -> list[Server]:
