@@ -40,7 +40,7 @@ def share_cpu_arena() -> None:
 
 
 def session_options(
-    intra_op_threads: int, *, shared_arena: bool = False
+    intra_op_threads: int, *, shared_arena: bool = False, optimize: bool = True
 ) -> onnxruntime.SessionOptions:
     """Options for many small runs on a small CPU: a thread pool per session, not spinning.
 
@@ -52,7 +52,11 @@ def session_options(
     """
     opts = onnxruntime.SessionOptions()
     opts.execution_mode = onnxruntime.ExecutionMode.ORT_SEQUENTIAL
-    opts.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts.graph_optimization_level = (
+        onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
+        if optimize
+        else onnxruntime.GraphOptimizationLevel.ORT_DISABLE_ALL
+    )
     opts.enable_cpu_mem_arena = True
     opts.log_severity_level = 3
     opts.intra_op_num_threads = intra_op_threads

@@ -283,7 +283,9 @@ def load_whole_voice(entry: VoiceEntry, options: LoadOptions) -> LoadedVoice:
     _check_phonemizer(entry)
     with _load_errors(entry):
         model = VitsModel.load_whole(
-            entry.model_path, session_options(options.intra_op_threads), entry.info.hop_length
+            entry.model_path,
+            session_options(options.intra_op_threads, optimize=False),
+            entry.info.hop_length,
         )
         phonemizer = _phonemizer(entry)
     return LoadedVoice(
