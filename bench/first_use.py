@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import shutil
 import sys
 import tempfile
@@ -49,17 +50,28 @@ def voice_dir(root: Path, source: Path, name: str) -> Path:
     return voices
 
 
-def spec_ours(python: Path, voices: Path, cache: Path, length_scale: float) -> ServerSpec:
+def spec_ours(
+    python: Path, voices: Path, cache: Path, length_scale: float, noise: float | None = None
+) -> ServerSpec:
     args = ["--uri", "tcp://127.0.0.1:{port}", "--data-dir", str(voices), "--voice"]
     args += [DEFAULT_VOICE, "--cache-dir", str(cache), "--phrase-cache-mb", "0"]
-    args += ["--length-scale", str(length_scale)]
+    args += ["--length-scale", str(length_scale), *_noise_args(noise)]
     return ServerSpec("ours", python, "wyoming_tts", args)
 
 
-def spec_theirs(python: Path, voices: Path, length_scale: float) -> ServerSpec:
+def spec_theirs(
+    python: Path, voices: Path, length_scale: float, noise: float | None = None
+) -> ServerSpec:
     args = ["--uri", "tcp://127.0.0.1:{port}", "--voice", DEFAULT_VOICE, "--data-dir"]
     args += [str(voices), "--download-dir", str(voices), "--length-scale", str(length_scale)]
-    return ServerSpec("wyoming-piper", python, "wyoming_piper", args)
+    return ServerSpec("wyoming-piper", python, "wyoming_piper", args + _noise_args(noise))
+
+
+def _noise_args(noise: float | None) -> list[str]:
+    """Both servers take the same flags; None: each voice's own noise."""
+    if noise is None:
+        return []
+    return ["--noise-scale", str(noise), "--noise-w-scale", str(noise)]
 
 
 async def upgraded(server: Server, name: str) -> bool:
@@ -92,21 +104,33 @@ async def trial(
     fresh = work / "cache"
     shutil.copytree(cache, fresh)
     servers = [
-        Server(spec_ours(opts.ours_python, voices, fresh, opts.length_scale), work / "ours"),
-        Server(spec_theirs(opts.piper_python, voices, opts.length_scale), work / "theirs"),
+        Server(
+            spec_ours(opts.ours_python, voices, fresh, opts.length_scale, opts.noise),
+            work / "ours",
+        ),
+        Server(
+            spec_theirs(opts.piper_python, voices, opts.length_scale, opts.noise),
+            work / "theirs",
+        ),
     ]
     out: dict[str, Any] = {}
     for server in servers if i % 2 == 0 else reversed(servers):
         await server.start()
         try:
             first = await speak(server.port, TEXT, voice=name, timeout=opts.timeout)
-            out[server.label] = {"ttfa": first.ttfa, "total": first.total, "error": first.error}
+            out[server.label] = {
+                "ttfa": first.ttfa,
+                "total": first.total,
+                "audio_seconds": first.audio_seconds,
+                "error": first.error,
+            }
             if server.label == "ours" and await upgraded(server, name):
                 again = await speak(server.port, TEXT, voice=name, timeout=opts.timeout)
                 out["ours, once split"] = {"ttfa": again.ttfa, "total": again.total}
         finally:
             server.stop()
-        log(f"{name} #{i + 1} {server.label}: first audio {out[server.label]['ttfa']}")
+        got = out[server.label]
+        log(f"{name} #{i + 1} {server.label}: first audio {got['ttfa']}, {got['audio_seconds']} s")
     return out
 
 
@@ -142,7 +166,13 @@ async def run(opts: argparse.Namespace) -> dict[str, Any]:
         results: dict[str, list[dict[str, Any]]] = {}
         for name in names:
             results[name] = [await trial(opts, root, cache, name, i) for i in range(opts.trials)]
-        return {"text": TEXT, "length_scale": opts.length_scale, "voices": results}
+        return {
+            "text": TEXT,
+            "length_scale": opts.length_scale,
+            "noise": opts.noise,
+            "load_before": os.getloadavg(),
+            "voices": results,
+        }
     finally:
         shutil.rmtree(root, ignore_errors=True)
 
@@ -155,6 +185,14 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--length-scale", type=float, default=3.0, help="Both servers' (3: issue 12's figures)."
     )
+    parser.add_argument(
+        "--noise",
+        type=float,
+        default=0.0,
+        help="Both servers' noise and phoneme width noise (default 0: the same audio "
+        "from both, so first audio compares the same work; random-weight voices' "
+        "durations vary twofold with noise on); -1: each voice's own.",
+    )
     parser.add_argument("--timeout", type=float, default=120.0)
     parser.add_argument("--piper-python", type=Path, default=REPO / ".cache/bench-venv/bin/python")
     parser.add_argument("--ours-python", type=Path, default=Path(sys.executable))
@@ -164,6 +202,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     # (absolute, not resolved: a venv's python is a symlink that must stay one).
     for key in ("voices_dir", "piper_python", "ours_python"):
         setattr(opts, key, getattr(opts, key).absolute())
+    if opts.noise < 0:
+        opts.noise = None
     return opts
 
 

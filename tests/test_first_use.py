@@ -214,6 +214,34 @@ async def test_first_request_is_served_whole_then_the_voice_streams_split(
         assert correlation(first.audio, other.audio) < correlation(first.audio, later.audio)
 
 
+async def test_a_request_stops_the_warm_up_step_it_meets(tmp_path: Path, cache: Path) -> None:
+    """A request that comes while a split voice's warm-up step runs stops that step, so
+    the two do not share the CPU for the rest of it; the step runs again at the next
+    quiet, and the split voice then takes over and says the same as before."""
+    data = tmp_path / "data"
+    async with serving(data, cache) as srv:
+        pool = srv.app.pool
+        copy_voice(data, BIG)
+        first = await speak_as(srv, BIG, TEXT, "ben")  # whole; its split voice is prepared
+        assert_heard(first, BIG)
+        met = 0
+        while pool.stats().warm_up_yields == 0:
+            stats = pool.stats()
+            assert stats.upgrades == 0, f"warmed with no step met: {met} requests in time"
+            if stats.warming_step != BIG:
+                await asyncio.sleep(0.001)  # noqa: ASYNC110 (the pool's state)
+                continue
+            met += 1
+            assert met <= 20, "20 requests during a warm-up step, none stopped it"
+            during = await speak_as(srv, VOICE, TEXT)
+            assert rms_dbfs(during.audio) > -35
+        await wait_for(lambda: pool.stats().upgrades == 1, f"{BIG} never took over")
+        assert isinstance(decoder_of(pool, BIG), StagedDecoder)
+        later = await speak_as(srv, BIG, TEXT, "ben")
+        assert_heard(later, BIG)
+        assert correlation(first.audio, later.audio) > 0.99
+
+
 @pytest.mark.parametrize("name", [v for v in VOICES if v != BIG])
 async def test_every_family_is_heard_on_first_use_and_after(
     tmp_path: Path, cache: Path, name: str

@@ -6,6 +6,8 @@ import itertools
 import json
 import subprocess
 import sys
+import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -183,6 +185,36 @@ def test_chunked_short_matches_full_decode(
         assert chunk.shape == ((e - s) * HOP,)
         assert chunk.dtype == np.float32
     assert _max_lsb(np.concatenate(chunks), full) <= MAX_LSB
+
+
+def test_stopped_runs_end_at_once_and_run_again_after(
+    split: SplitModel, cache_dir: Path, latents: dict[str, tuple[Latent, np.ndarray]]
+) -> None:
+    """How a warm-up step gives way to a request (`VitsModel.stop_runs`): the run in
+    flight ends with an error, later runs fail until resumed, then it decodes as before."""
+    model = VitsModel.load(MODEL_PATH, cache_dir, _session_options(), HOP)
+    latent, full = latents["long"]
+    running = threading.Event()
+
+    def decode_until_stopped() -> int:
+        for n in range(1000):
+            running.set()
+            model.decode(latent, 0, latent.num_frames)
+        return n
+
+    with ThreadPoolExecutor(1) as runner:
+        decoding = runner.submit(decode_until_stopped)
+        running.wait(30)
+        time.sleep(0.05)  # inside a run, most likely; between two, the next one fails
+        model.stop_runs()
+        with pytest.raises(onnxruntime.capi.onnxruntime_pybind11_state.Fail, match="terminate"):
+            decoding.result(timeout=60)
+    assert model.runs_stopped
+    with pytest.raises(onnxruntime.capi.onnxruntime_pybind11_state.Fail, match="terminate"):
+        model.frontend([1, 0, 20, 0, 2], SCALES, None)
+    model.stop_runs(False)
+    assert not model.runs_stopped
+    assert _max_lsb(model.decode(latent, 0, latent.num_frames), full) <= MAX_LSB
 
 
 @pytest.mark.parametrize("sizes", [(16,), (50,), (200,), UNEVEN], ids=str)

@@ -92,6 +92,10 @@ class Decoder(Protocol):
         """Samples for frames [start, end), a range already checked to lie in ``latent``."""
         ...
 
+    def stop_runs(self, stop: bool) -> None:
+        """Runs of its sessions in flight, and later ones, fail at once (see `VitsModel`)."""
+        ...
+
 
 class WholeDecoder:
     """For voices with no usable seam: the frontend is the whole voice and its output
@@ -125,6 +129,9 @@ class WholeDecoder:
             raise ValueError("latent was not produced by this model's frontend")
         return latent.audio[start * self._hop : end * self._hop].copy()
 
+    def stop_runs(self, stop: bool) -> None:
+        pass  # no sessions of its own: the frontend made the audio
+
 
 class _SplitDecoder(ABC):
     """What the decoders of a split voice share: a window of frames with their context
@@ -153,6 +160,9 @@ class _SplitDecoder(ABC):
 
     def with_flow(self, latent: Latent, start: int) -> Latent:
         return latent
+
+    def stop_runs(self, stop: bool) -> None:
+        self._run_options.terminate = stop
 
     def decode(self, latent: Latent, start: int, end: int) -> FloatArray:
         if start == end:
@@ -496,6 +506,21 @@ class VitsModel:
     def margin(self) -> int:
         """Frames of context decoded twice on each side of a window."""
         return self.decoder.margin
+
+    def stop_runs(self, stop: bool = True) -> None:
+        """Make this model's runs in flight, and each one after, fail at once (``True``),
+        or run again (``False``).
+
+        onnxruntime checks the flag between operators, so a run ends within one operator
+        (~50 ms for a full-width high voice's largest): for work nobody waits for, a
+        warm-up step, that must give way to a request. Only for a model no request uses.
+        """
+        self._run_options.terminate = stop
+        self.decoder.stop_runs(stop)
+
+    @property
+    def runs_stopped(self) -> bool:
+        return bool(self._run_options.terminate)
 
     @property
     def flows_separately(self) -> bool:

@@ -53,6 +53,7 @@ class Scheduler:
         self._idle = workers
         self._heap: list[tuple[int, int, _Job]] = []
         self._seq = itertools.count()
+        self._busy_watchers: list[Callable[[bool], None]] = []
         self._inbox: queue.SimpleQueue[tuple[_Job, asyncio.AbstractEventLoop] | None] = (
             queue.SimpleQueue()
         )
@@ -77,14 +78,28 @@ class Scheduler:
         """No request in flight and no step queued: background chores may run."""
         return self._active == 0 and self._queued_steps == 0
 
+    def watch_busy(self, callback: Callable[[bool], None]) -> None:
+        """Have ``callback(True)`` called when a first request comes in flight and
+        ``callback(False)`` when the last one ends: for background work that must give
+        way at once, not at its next look at `quiet`."""
+        self._busy_watchers.append(callback)
+
     @contextlib.contextmanager
     def request(self) -> Iterator[None]:
         """Count one request in flight for as long as the block runs."""
         self._active += 1
+        if self._active == 1:
+            self._tell_busy(True)
         try:
             yield
         finally:
             self._active -= 1
+            if self._active == 0:
+                self._tell_busy(False)
+
+    def _tell_busy(self, busy: bool) -> None:
+        for callback in self._busy_watchers:
+            callback(busy)
 
     async def run(self, func: Callable[..., T], *args: object, urgent: bool = False) -> T:
         """Run one blocking step on an inference thread; cancelling drops it if not started."""
