@@ -229,7 +229,7 @@ async def test_a_request_stops_the_warm_up_step_it_meets(tmp_path: Path, cache: 
             stats = pool.stats()
             assert stats.upgrades == 0, f"warmed with no step met: {met} requests in time"
             if stats.warming_step != BIG:
-                await asyncio.sleep(0.001)  # noqa: ASYNC110 (the pool's state)
+                await asyncio.sleep(0.001)
                 continue
             met += 1
             assert met <= 20, "20 requests during a warm-up step, none stopped it"
