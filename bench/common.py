@@ -179,6 +179,20 @@ class Server:
         return rss_mb(self.pid)
 
 
+@dataclass
+class CheckoutServer(Server):
+    """One of ours, run from another checkout of the package (e.g. a `git worktree` of
+    an older commit) when ``checkout`` is set, so old and new meet in one run."""
+
+    checkout: str = ""
+
+    def _env(self) -> dict[str, str]:
+        env = super()._env()
+        if self.checkout:
+            env["PYTHONPATH"] = str(Path(self.checkout).absolute())
+        return env
+
+
 def rss_mb(pid: int) -> float:
     """Resident memory of a process and all its children, in MiB."""
     try:

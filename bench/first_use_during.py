@@ -25,20 +25,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from common import DEFAULT_VOICE, REPO, Server, env_for_servers, link_voice, median, speak
+from common import DEFAULT_VOICE, REPO, CheckoutServer, link_voice, median, speak
 from first_use import TEXT, base_cache, spec_ours
-
-
-class CheckoutServer(Server):
-    """Ours from another checkout's package, with this venv's dependencies."""
-
-    checkout: Path | None = None
-
-    def _env(self) -> dict[str, str]:
-        env = env_for_servers()
-        if self.checkout is not None:
-            env["PYTHONPATH"] = str(self.checkout)
-        return env
 
 
 async def one_run(opts: argparse.Namespace, root: Path, cache: Path, i: int) -> dict[str, float]:
@@ -52,8 +40,7 @@ async def one_run(opts: argparse.Namespace, root: Path, cache: Path, i: int) -> 
     shutil.copytree(cache, fresh)
     spec = spec_ours(opts.ours_python, voices, fresh, opts.length_scale, opts.noise)
     spec.args += ["--max-voices", str(2 + len(opts.others))]  # no eviction in the way
-    server = CheckoutServer(spec, work / "ours")
-    server.checkout = opts.checkout
+    server = CheckoutServer(spec, work / "ours", checkout=str(opts.checkout or ""))
     await server.start()
     out: dict[str, float] = {}
     try:

@@ -22,13 +22,13 @@ import sys
 import tempfile
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from common import (
     DEFAULT_VOICE,
     REPO,
+    CheckoutServer,
     Result,
     Server,
     ServerSpec,
@@ -82,20 +82,6 @@ def servers(args: argparse.Namespace, root: Path) -> list[Server]:
         )
         out.append(CheckoutServer(spec, root / name, checkout=checkout))
     return out
-
-
-@dataclass
-class CheckoutServer(Server):
-    """One of ours, run from another checkout of the package (e.g. a `git worktree` of
-    an older commit) when ``checkout`` is set, so old and new meet in one run."""
-
-    checkout: str = ""
-
-    def _env(self) -> dict[str, str]:
-        env = super()._env()
-        if self.checkout:
-            env["PYTHONPATH"] = str(Path(self.checkout).absolute())
-        return env
 
 
 def rotate(items: Sequence[Server], k: int) -> list[Server]:
