@@ -48,14 +48,17 @@ def session_options(
     The CPU arena is on; whether a run keeps it is the model's choice. ``shared_arena``:
     the session allocates from the process's arena (`share_cpu_arena`), so what it keeps
     between runs is shared with every other such session (of every voice) instead of
-    held apart; runs of these sessions must not shrink it.
+    held apart; runs of these sessions must not shrink it. ``optimize=False``: basic graph
+    optimisation only, for a session that must open fast more than run fast (a voice's
+    first use): it opens 35-40% sooner; with none at all it opened sooner still but left
+    ~75 MB resident after the session went (docs/decisions.md, "First use of a voice").
     """
     opts = onnxruntime.SessionOptions()
     opts.execution_mode = onnxruntime.ExecutionMode.ORT_SEQUENTIAL
     opts.graph_optimization_level = (
         onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
         if optimize
-        else onnxruntime.GraphOptimizationLevel.ORT_DISABLE_ALL
+        else onnxruntime.GraphOptimizationLevel.ORT_ENABLE_BASIC
     )
     opts.enable_cpu_mem_arena = True
     opts.log_severity_level = 3
