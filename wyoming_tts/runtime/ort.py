@@ -50,7 +50,7 @@ def session_options(
     between runs is shared with every other such session (of every voice) instead of
     held apart; runs of these sessions must not shrink it. ``optimize=False``: basic graph
     optimisation only, for a session that must open fast more than run fast (a voice's
-    first use): it opens 35-40% sooner; with none at all it opened sooner still but left
+    first use): it opens 33-39% sooner; with none at all it opened sooner still but left
     ~75 MB resident after the session went (docs/decisions.md, "First use of a voice").
     """
     opts = onnxruntime.SessionOptions()
