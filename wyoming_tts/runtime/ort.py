@@ -40,7 +40,7 @@ def share_cpu_arena() -> None:
 
 
 def session_options(
-    intra_op_threads: int, *, shared_arena: bool = False, optimize: bool = True
+    intra_op_threads: int, *, shared_arena: bool = False
 ) -> onnxruntime.SessionOptions:
     """Options for many small runs on a small CPU: a thread pool per session, not spinning.
 
@@ -48,26 +48,41 @@ def session_options(
     The CPU arena is on; whether a run keeps it is the model's choice. ``shared_arena``:
     the session allocates from the process's arena (`share_cpu_arena`), so what it keeps
     between runs is shared with every other such session (of every voice) instead of
-    held apart; runs of these sessions must not shrink it. ``optimize=False``: basic graph
-    optimisation only, for a session that must open fast more than run fast (a voice's
-    first use): it opens 33-39% sooner; with none at all it opened sooner still but left
-    ~75 MB resident after the session went (docs/decisions.md, "First use of a voice").
+    held apart; runs of these sessions must not shrink it.
     """
+    opts = _options(intra_op_threads, onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL)
+    if shared_arena:
+        opts.add_session_config_entry("session.use_env_allocators", "1")
+    return opts
+
+
+def first_use_options(intra_op_threads: int) -> onnxruntime.SessionOptions:
+    """Options for the whole voice that serves a voice's first requests: open fast, run
+    as piper's session does.
+
+    A first request waits for the open and then one run of the whole graph. With graph
+    optimisation off the open takes a third of a fully optimised one's and the run a few
+    percent longer; spinning within each run (and only then: `force_spinning_stop`) wins
+    that back, as piper's own session spins. It costs other sessions' runs only while
+    this voice is served whole (docs/decisions.md, "First use of a voice").
+    """
+    return _options(intra_op_threads, onnxruntime.GraphOptimizationLevel.ORT_DISABLE_ALL, spin=True)
+
+
+def _options(
+    intra_op_threads: int, level: onnxruntime.GraphOptimizationLevel, *, spin: bool = False
+) -> onnxruntime.SessionOptions:
     opts = onnxruntime.SessionOptions()
     opts.execution_mode = onnxruntime.ExecutionMode.ORT_SEQUENTIAL
-    opts.graph_optimization_level = (
-        onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
-        if optimize
-        else onnxruntime.GraphOptimizationLevel.ORT_ENABLE_BASIC
-    )
+    opts.graph_optimization_level = level
     opts.enable_cpu_mem_arena = True
     opts.log_severity_level = 3
     opts.intra_op_num_threads = intra_op_threads
     opts.inter_op_num_threads = 1
-    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
     opts.add_session_config_entry("session.inter_op.allow_spinning", "0")
-    if shared_arena:
-        opts.add_session_config_entry("session.use_env_allocators", "1")
+    if spin:
+        opts.add_session_config_entry("session.force_spinning_stop", "1")
     return opts
 
 

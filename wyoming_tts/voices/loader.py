@@ -23,7 +23,7 @@ from piper.voice import PiperVoice
 from ..errors import NoSpeech, VoiceLoadFailed
 from ..model.noise import SeededFrontend, load_seeded
 from ..model.vits import FloatArray, Latent, VitsModel
-from ..runtime.ort import session_options
+from ..runtime.ort import first_use_options, session_options
 from .catalog import VoiceEntry
 
 _LOGGER = logging.getLogger(__name__)
@@ -284,7 +284,7 @@ def load_whole_voice(entry: VoiceEntry, options: LoadOptions) -> LoadedVoice:
     with _load_errors(entry):
         model = VitsModel.load_whole(
             entry.model_path,
-            session_options(options.intra_op_threads, optimize=False),
+            first_use_options(options.intra_op_threads),
             entry.info.hop_length,
         )
         phonemizer = _phonemizer(entry)
