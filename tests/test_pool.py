@@ -435,3 +435,25 @@ async def test_decoder_memory_grown_at_quiet_is_emptied_and_regrown(
         pass
     await quiet_look(420)  # another voice loaded: a new figure, not growth
     assert shrinks == [1]
+
+
+def spins(voice: LoadedVoice) -> bool:
+    options = voice.model._frontend.get_session_options()
+    return options.get_session_config_entry("session.intra_op.allow_spinning") == "1"
+
+
+async def test_a_whole_voice_spins_only_for_a_first_request_alone(
+    voices_dir, cache_dir, closing
+) -> None:
+    """Spinning within a run wins back the unoptimised graph's speed alone and loses beside
+    other requests' runs (docs/decisions.md): a first request with another in flight gets
+    a whole voice whose runs do not spin."""
+    scheduler = Scheduler(workers=2)
+    pool, _ = make_pool(voices_dir, cache_dir, prepare_in_background=True, scheduler=scheduler)
+    closing.append(pool)
+    with scheduler.request():
+        async with pool.acquire("en_US-a-medium") as alone:
+            assert alone.provisional and spins(alone)
+    with scheduler.request(), scheduler.request():
+        async with pool.acquire("en_US-b-medium") as beside:
+            assert beside.provisional and not spins(beside)

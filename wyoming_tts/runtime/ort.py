@@ -56,17 +56,17 @@ def session_options(
     return opts
 
 
-def first_use_options(intra_op_threads: int) -> onnxruntime.SessionOptions:
-    """Options for the whole voice that serves a voice's first requests: open fast, run
-    as piper's session does.
+def first_use_options(intra_op_threads: int, *, spin: bool) -> onnxruntime.SessionOptions:
+    """Options for the whole voice that serves a voice's first requests: open fast, and
+    with ``spin``, run as piper's session does.
 
     A first request waits for the open and then one run of the whole graph. With graph
     optimisation off the open takes a third of a fully optimised one's and the run a few
     percent longer; spinning within each run (and only then: `force_spinning_stop`) wins
-    that back, as piper's own session spins. It costs other sessions' runs only while
-    this voice is served whole (docs/decisions.md, "First use of a voice").
+    that back when the run is alone, and loses more than that beside other requests'
+    runs (docs/decisions.md, "First use of a voice").
     """
-    return _options(intra_op_threads, onnxruntime.GraphOptimizationLevel.ORT_DISABLE_ALL, spin=True)
+    return _options(intra_op_threads, onnxruntime.GraphOptimizationLevel.ORT_DISABLE_ALL, spin=spin)
 
 
 def _options(

@@ -273,18 +273,19 @@ def open_voice(entry: VoiceEntry, options: LoadOptions) -> LoadedVoice:
     return LoadedVoice(entry=entry, model=model, phonemizer=phonemizer, seeded=seeded)
 
 
-def load_whole_voice(entry: VoiceEntry, options: LoadOptions) -> LoadedVoice:
+def load_whole_voice(entry: VoiceEntry, options: LoadOptions, spin: bool = False) -> LoadedVoice:
     """The voice as piper loads it: one session over its own graph, no split, no warm-up.
 
     A first request is served with it, so it waits no longer than wyoming-piper's load;
     the split voice is prepared in the background and replaces it (`VoicePool`).
+    ``spin``: its runs spin, as piper's do (for a first request with no other in flight).
     """
     started = time.perf_counter()
     _check_phonemizer(entry)
     with _load_errors(entry):
         model = VitsModel.load_whole(
             entry.model_path,
-            first_use_options(options.intra_op_threads),
+            first_use_options(options.intra_op_threads, spin=spin),
             entry.info.hop_length,
         )
         phonemizer = _phonemizer(entry)

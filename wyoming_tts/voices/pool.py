@@ -168,7 +168,7 @@ class VoicePool:
         clock: Callable[[], float] = time.monotonic,
         memory_reader: Callable[[], int] = process_rss,
         loader: Callable[[VoiceEntry, LoadOptions], LoadedVoice] = load_voice,
-        whole_loader: Callable[[VoiceEntry, LoadOptions], LoadedVoice] = load_whole_voice,
+        whole_loader: Callable[[VoiceEntry, LoadOptions, bool], LoadedVoice] = load_whole_voice,
         shrink_arena: Callable[[], None] = shrink_shared_arena,
     ) -> None:
         self._config = config
@@ -335,9 +335,16 @@ class VoicePool:
         await self._make_room(entry)
         loop = asyncio.get_running_loop()
         self._reserved += 1
-        loader = self._whole_loader if whole else self._loader
+        # A whole voice's runs spin only if its first request is alone (itself in flight):
+        # beside other requests' runs spinning loses (docs/decisions.md, "First use").
+        spin = self._scheduler.active_requests <= 1
+        load = (
+            partial(self._whole_loader, entry, self._config.load, spin)
+            if whole
+            else partial(self._loader, entry, self._config.load)
+        )
         try:
-            voice = await loop.run_in_executor(self._io, loader, entry, self._config.load)
+            voice = await loop.run_in_executor(self._io, load)
         except TtsError:
             self._load_failures += 1
             raise
@@ -358,7 +365,9 @@ class VoicePool:
         self._quiet_rss = None
         self._loads += 1
         self._load_seconds += voice.load_seconds
-        how = " whole, until its split voice is ready" if voice.provisional else ""
+        how = ""
+        if voice.provisional:
+            how = f" whole{' (spinning)' if spin else ''}, until its split voice is ready"
         _LOGGER.info(
             "Loaded voice %s%s in %.2f s; %s", entry.name, how, voice.load_seconds, self.stats()
         )
