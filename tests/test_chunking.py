@@ -10,9 +10,11 @@ from wyoming_tts.synth.chunking import (
     LOW_WATER,
     MAX_CHUNK_FRAMES,
     MAX_FIRST_CHUNK_FACTOR,
+    MIN_PART_FRAMES,
     Pacing,
     next_frame_cost,
     plan_chunk,
+    plan_parts,
 )
 
 from .conftest import FakeClock
@@ -90,3 +92,20 @@ def test_pacing_tracks_audio_ahead_of_playback() -> None:
     clock.now += 1.0  # playback overtook production
     assert pacing.timed(0.01, 10)
     assert pacing.frame_cost == next_frame_cost(0.001, 0.01, 10)
+
+
+def test_a_chunk_is_shared_in_near_equal_parts_in_order() -> None:
+    assert plan_parts(16, 261, 2) == [(16, 138), (138, 261)]
+    assert plan_parts(0, 100, 4) == [(0, 33), (33, 66), (66, 100)]  # parts of 32 at least
+    assert plan_parts(10, 10 + 2 * MIN_PART_FRAMES - 1, 2) == [(10, 73)]  # too short to share
+    assert plan_parts(0, 300, 1) == [(0, 300)]
+
+
+@given(st.integers(0, 2000), st.integers(1, 400), st.integers(1, 8))
+def test_parts_cover_the_chunk_exactly(start: int, frames: int, parts: int) -> None:
+    spans = plan_parts(start, start + frames, parts)
+    assert spans[0][0] == start and spans[-1][1] == start + frames
+    assert all(a < b for a, b in spans)
+    assert all(spans[i][1] == spans[i + 1][0] for i in range(len(spans) - 1))
+    assert len(spans) == 1 or all(b - a >= MIN_PART_FRAMES for a, b in spans)
+    assert len(spans) <= parts

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from unittest import mock
 
@@ -166,3 +167,47 @@ async def test_first_chunk_grows_with_requests_in_flight(
     for requests in (1, 3, 6):
         await speak(voice, [ORDINARY[1]], in_flight=requests, max_chunk_frames=300)
     assert firsts == [16, 48, 64]
+
+
+async def test_a_lone_reply_shares_its_decode_between_workers(
+    voice: LoadedVoice, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Alone, the flow runs beside the first window and later chunks are decoded in parts
+    at once; beside another request, one decode at a time. The audio is the same."""
+    runs: list[tuple[str, int, float, float]] = []
+
+    def timed(func: Callable[..., object]) -> Callable[..., object]:
+        def run(latent: object, start: int, *args: object) -> object:
+            began = time.perf_counter()
+            try:
+                return func(latent, start, *args)
+            finally:
+                runs.append((func.__name__, start, began, time.perf_counter()))
+
+        return run
+
+    def most_decodes_at_once() -> int:
+        spans = [(a, b) for name, _, a, b in runs if name == "decode"]
+        edges = sorted([(a, 1) for a, _ in spans] + [(b, -1) for _, b in spans])
+        running = most = 0
+        for _, step in edges:
+            running += step
+            most = max(most, running)
+        return most
+
+    def flow_beside_first_window() -> bool:
+        (_, _, began, ended) = next(r for r in runs if r[:2] == ("decode", 0))
+        return any(name == "with_flow" and a < ended and b > began for name, _, a, b in runs)
+
+    monkeypatch.setattr(voice.model, "decode", timed(voice.model.decode))
+    monkeypatch.setattr(voice.model, "with_flow", timed(voice.model.with_flow))
+    alone, alone_stats = await speak(voice, ORDINARY[1:3])
+    assert most_decodes_at_once() == 2 and flow_beside_first_window()
+    runs.clear()
+    beside, beside_stats = await speak(voice, ORDINARY[1:3], in_flight=2)
+    assert most_decodes_at_once() == 1 and not flow_beside_first_window()
+    assert alone_stats.decoder_calls > beside_stats.decoder_calls
+    a = np.frombuffer(alone, dtype="<i2").astype(np.int32)
+    b = np.frombuffer(beside, dtype="<i2").astype(np.int32)
+    assert a.shape == b.shape
+    assert int(np.max(np.abs(a - b))) <= 2

@@ -79,12 +79,17 @@ def make_pool(
     prepare_in_background: bool = False,
     keep_decoder_memory: bool = False,
     shrink_arena: Any = None,
+    whole_voice_threads: int = 1,
 ) -> tuple[VoicePool, CountingLoader]:
     counting = loader or CountingLoader()
     clock = clock or time.monotonic
     pool = VoicePool(
         PoolConfig(
-            load=LoadOptions(cache_dir, keep_decoder_memory=keep_decoder_memory),
+            load=LoadOptions(
+                cache_dir,
+                keep_decoder_memory=keep_decoder_memory,
+                whole_voice_threads=whole_voice_threads,
+            ),
             max_voices=max_voices,
             idle_timeout=idle_timeout,
             keep_alive_interval=keep_alive_interval,
@@ -457,3 +462,12 @@ async def test_a_whole_voice_spins_only_for_a_first_request_alone(
     with scheduler.request(), scheduler.request():
         async with pool.acquire("en_US-b-medium") as beside:
             assert beside.provisional and not spins(beside)
+
+
+async def test_a_whole_voice_takes_the_cores(voices_dir, cache_dir, closing) -> None:
+    """Its one run cannot be shared between workers, so its session has their threads."""
+    pool, _ = make_pool(voices_dir, cache_dir, prepare_in_background=True, whole_voice_threads=2)
+    closing.append(pool)
+    async with pool.acquire("en_US-a-medium") as voice:
+        assert voice.provisional
+        assert voice.model._frontend.get_session_options().intra_op_num_threads == 2

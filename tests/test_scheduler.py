@@ -47,3 +47,19 @@ async def test_a_cancelled_step_is_dropped_before_it_runs() -> None:
     finally:
         gate.set()
         await asyncio.to_thread(scheduler.shutdown)
+
+
+async def test_a_lone_request_may_keep_every_worker_busy() -> None:
+    """Its decode is shared between the workers; with more requests, each gets its share."""
+    scheduler = Scheduler(workers=4)
+    try:
+        seen = [scheduler.workers_per_request]
+        with scheduler.request():
+            seen.append(scheduler.workers_per_request)
+            with scheduler.request():
+                seen.append(scheduler.workers_per_request)
+                with scheduler.request(), scheduler.request(), scheduler.request():
+                    seen.append(scheduler.workers_per_request)
+        assert seen == [4, 4, 2, 1]
+    finally:
+        await asyncio.to_thread(scheduler.shutdown)

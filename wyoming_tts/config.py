@@ -224,9 +224,9 @@ class Settings:
         group="pool",
     )
     intra_op_threads: int = _opt(
-        2,
-        "onnxruntime threads per step: 2 puts both cores of a small machine on one reply; "
-        "1 suits many replies at once.",
+        1,
+        "onnxruntime threads per step. 1: a worker is a core, and a lone reply's decode is "
+        "shared between workers; 2 suits `workers = 1` on a multi-core machine.",
         group="pool",
     )
     keep_decoder_memory: bool = _opt(
@@ -360,6 +360,12 @@ class Settings:
         if self.workers:
             return self.workers
         return os.cpu_count() or 1
+
+    @property
+    def whole_voice_threads(self) -> int:
+        """A voice served whole for its first request runs as one session: all the
+        workers' cores, as piper's does."""
+        return max(self.intra_op_threads, self.effective_workers)
 
     @property
     def effective_memory_threshold_mb(self) -> int:

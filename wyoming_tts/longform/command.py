@@ -262,6 +262,7 @@ async def open_service(settings: Settings, seedable: bool = False) -> AsyncItera
             load=LoadOptions(
                 cache_dir=settings.effective_cache_dir,
                 intra_op_threads=settings.intra_op_threads,
+                whole_voice_threads=settings.whole_voice_threads,
                 keep_decoder_memory=settings.keep_decoder_memory,
                 seedable=seedable,
             ),

@@ -79,6 +79,8 @@ class Decoder(Protocol):
     """Frames of context decoded twice on each side of a window."""
     flows_separately: bool
     """`with_flow` does something: the flow can run apart from the vocoder."""
+    windowed: bool
+    """`decode` computes its frames' audio (False: it slices audio made already)."""
 
     def latent(self, outputs: Mapping[str, np.ndarray]) -> Latent:
         """The Latent of one frontend run (outputs by name)."""
@@ -102,6 +104,7 @@ class WholeDecoder:
     already the audio, so chunks are only slices of it (no lower latency)."""
 
     flows_separately = False
+    windowed = False
 
     def __init__(
         self, audio_name: str, hop_length: int, margin: int, *, normalize: bool = False
@@ -138,6 +141,7 @@ class _SplitDecoder(ABC):
     on each side is decoded, and its centre kept."""
 
     flows_separately = False
+    windowed = True
 
     def __init__(
         self,
@@ -526,6 +530,11 @@ class VitsModel:
     def flows_separately(self) -> bool:
         """`with_flow` does something (the flow and vocoder are separate sessions)."""
         return self.decoder.flows_separately
+
+    @property
+    def windowed(self) -> bool:
+        """Decoding a frame range costs inference (it can be shared between workers)."""
+        return self.decoder.windowed
 
     def needs_flow(self, latent: Latent) -> bool:
         """Whether `with_flow` would still spare later decodes of ``latent`` the flow."""

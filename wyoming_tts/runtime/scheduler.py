@@ -69,6 +69,12 @@ class Scheduler:
         return self._active
 
     @property
+    def workers_per_request(self) -> int:
+        """Workers each request in flight may keep busy at once: all of them for a lone
+        request, so its decode can be shared between them; at least one."""
+        return max(1, self.workers // max(1, self._active))
+
+    @property
     def waiting_requests(self) -> int:
         """Requests in flight beyond the worker count: they wait for a thread."""
         return max(0, self._active - self.workers)

@@ -68,6 +68,7 @@ class App:
                 load=LoadOptions(
                     cache_dir=settings.effective_cache_dir,
                     intra_op_threads=settings.intra_op_threads,
+                    whole_voice_threads=settings.whole_voice_threads,
                     keep_decoder_memory=settings.keep_decoder_memory,
                 ),
                 max_voices=settings.max_voices,

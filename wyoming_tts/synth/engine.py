@@ -19,13 +19,14 @@ import contextlib
 import time
 from collections.abc import AsyncGenerator, AsyncIterable
 from dataclasses import dataclass, replace
+from typing import Any
 
 from ..audio import SAMPLE_WIDTH, fade_in, fade_out, silence, to_pcm16
 from ..model.noise import utterance_seed
-from ..model.vits import FloatArray, Latent
+from ..model.vits import FloatArray, Latent, VitsModel
 from ..runtime.scheduler import Scheduler
 from ..voices.loader import LoadedVoice, SynthParams
-from .chunking import INITIAL_FRAME_COST, Pacing, fixed_chunk, plan_chunk
+from .chunking import INITIAL_FRAME_COST, Pacing, fixed_chunk, plan_chunk, plan_parts
 from .phrases import PhraseCache
 
 
@@ -166,33 +167,63 @@ class Synthesizer:
         stats: SpeechStats,
         fixed_plan: bool = False,
     ) -> AsyncGenerator[FloatArray, None]:
-        """One utterance's audio in chunks planned from the playback ahead of the listener."""
+        """One utterance's audio in chunks planned from the playback ahead of the listener.
+
+        With workers to spare (a lone request), the flow over the rest of the utterance
+        runs beside its first window, and each later chunk is cut into parts decoded at
+        once on different workers (`chunking.plan_parts`).
+        """
         model, run = voice.model, self._scheduler.run
         start, total = 0, latent.num_frames
-        while start < total:
-            urgent = pacing.starving()
-            if (pacing.started or fixed_plan) and model.needs_flow(latent):
-                # From now on each chunk of this utterance costs only the vocoder.
-                latent = await run(model.with_flow, latent, start, urgent=urgent)
-            if fixed_plan:
-                end = fixed_chunk(start, total, margin=model.margin)
-            else:
-                end = plan_chunk(
-                    start,
-                    total,
-                    ahead=pacing.ahead(),
-                    frame_cost=pacing.frame_cost,
-                    margin=model.margin,
-                    requests_in_flight=self._scheduler.active_requests,
-                )
-            began = time.perf_counter()
-            audio = await run(model.decode, latent, start, end, urgent=urgent)
-            decoded = min(total, end + model.margin) - max(0, start - model.margin)
-            stats.decoder_calls += 1
-            if pacing.timed(time.perf_counter() - began, decoded):
-                stats.underruns += 1
-            yield fade_out(audio, voice.sample_rate) if end == total else audio
-            start = end
+        flowing: asyncio.Task[Latent] | None = None
+        try:
+            while start < total:
+                urgent = pacing.starving()
+                parts = self._scheduler.workers_per_request
+                if fixed_plan or not model.windowed:
+                    parts = 1  # a file's samples stay the same; a whole voice only slices
+                if flowing is not None:
+                    latent, flowing = await flowing, None
+                if (pacing.started or fixed_plan) and model.needs_flow(latent):
+                    # From now on each chunk of this utterance costs only the vocoder.
+                    latent = await run(model.with_flow, latent, start, urgent=urgent)
+                if fixed_plan:
+                    end = fixed_chunk(start, total, margin=model.margin)
+                else:
+                    end = plan_chunk(
+                        start,
+                        total,
+                        ahead=pacing.ahead(),
+                        # Parts decoded at once: the wall time per frame is a share of it.
+                        frame_cost=pacing.frame_cost / parts,
+                        margin=model.margin,
+                        requests_in_flight=self._scheduler.active_requests,
+                    )
+                flow_beside = parts > 1 and model.needs_flow(latent)
+                spans = plan_parts(start, end, 1 if flow_beside else parts)
+                decodes = [
+                    asyncio.ensure_future(run(_timed_decode, model, latent, a, b, urgent=urgent))
+                    for a, b in spans
+                ]
+                if flow_beside and end < total:
+                    # The first window runs flow and vocoder; the rest's flow runs beside it.
+                    flowing = asyncio.ensure_future(
+                        run(model.with_flow, latent, end, urgent=urgent)
+                    )
+                try:
+                    for (a, b), decode in zip(spans, decodes, strict=True):
+                        audio, seconds = await decode
+                        decoded = min(total, b + model.margin) - max(0, a - model.margin)
+                        stats.decoder_calls += 1
+                        if pacing.timed(seconds, decoded):
+                            stats.underruns += 1
+                        yield fade_out(audio, voice.sample_rate) if b == total else audio
+                finally:
+                    _drop(decodes)
+                start = end
+        finally:
+            if flowing is not None:
+                _drop([flowing])
 
     async def _utterances(
         self,
@@ -203,7 +234,7 @@ class Synthesizer:
         stats: SpeechStats,
         pacing: Pacing,
     ) -> AsyncGenerator[_Utterance, None]:
-        run, phrases = self._scheduler.run, self.phrases
+        run, phrases, model = self._scheduler.run, self.phrases, voice.model
         if params.seed is not None or voice.provisional:
             # Seeded noise differs by position, so a repeat is other audio; a voice served
             # whole is normalised per utterance, so not as loud as its split voice will be.
@@ -229,6 +260,10 @@ class Synthesizer:
                     these = replace(params, seed=utterance_seed(params.seed, sentence, position))
                 position += 1
                 latent = await run(voice.frontend, ids, these, urgent=not pacing.started)
+                if pacing.started and latent.num_frames > 0 and model.needs_flow(latent):
+                    # Audio already flows, so this utterance needs no first window: its
+                    # flow runs now, in the lookahead, beside the decode of the one before.
+                    latent = await run(model.with_flow, latent, 0)
                 if latent.num_frames > 0:
                     stats.utterances += 1
                     last = i == len(id_lists) - 1
@@ -257,6 +292,26 @@ class _Lookahead:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._pending
         await self._utterances.aclose()
+
+
+def _timed_decode(
+    model: VitsModel, latent: Latent, start: int, end: int
+) -> tuple[FloatArray, float]:
+    """One decode and the seconds its thread spent on it, waiting for a worker excluded."""
+    began = time.perf_counter()
+    audio = model.decode(latent, start, end)
+    return audio, time.perf_counter() - began
+
+
+def _drop(tasks: list[asyncio.Task[Any]]) -> None:
+    """Cancel steps nobody will take (the scheduler skips those not begun), and mark
+    the outcome of those already ended as seen."""
+    for task in tasks:
+        if task.done():
+            if not task.cancelled():
+                task.exception()
+        else:
+            task.cancel()
 
 
 async def _next(utterances: AsyncGenerator[_Utterance, None]) -> _Utterance | None:

@@ -65,6 +65,9 @@ class LoadOptions:
 
     cache_dir: Path
     intra_op_threads: int = 1
+    whole_voice_threads: int = 1
+    """Threads of a voice served whole (`load_whole_voice`): its one run cannot be shared
+    between workers, so it takes their cores, as piper's session does."""
     keep_decoder_memory: bool = False
     seedable: bool = False
     """Also load a frontend whose noise is seeded per utterance (`model.noise`)."""
@@ -285,7 +288,7 @@ def load_whole_voice(entry: VoiceEntry, options: LoadOptions, spin: bool = False
     with _load_errors(entry):
         model = VitsModel.load_whole(
             entry.model_path,
-            first_use_options(options.intra_op_threads, spin=spin),
+            first_use_options(options.whole_voice_threads, spin=spin),
             entry.info.hop_length,
         )
         phonemizer = _phonemizer(entry)
