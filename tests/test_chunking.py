@@ -59,18 +59,38 @@ def test_no_crumbs_at_the_end() -> None:
     ahead=st.one_of(st.none(), st.floats(-10, 10)),
     cost=st.floats(1e-5, 0.1),
     crowd=st.integers(0, 20),
+    parts=st.integers(1, 4),
 )
 def test_every_plan_moves_forward_within_bounds(
-    start: int, length: int, ahead: float | None, cost: float, crowd: int
+    start: int, length: int, ahead: float | None, cost: float, crowd: int, parts: int
 ) -> None:
     total = start + length
     end = plan_chunk(
-        start, total, ahead=ahead, frame_cost=cost, margin=MARGIN, requests_in_flight=crowd
+        start,
+        total,
+        ahead=ahead,
+        frame_cost=cost,
+        margin=MARGIN,
+        requests_in_flight=crowd,
+        parts=parts,
+    )
+    crumbs = (
+        FIRST_CHUNK_FRAMES if ahead is None else max(FIRST_CHUNK_FRAMES, parts * MIN_PART_FRAMES)
     )
     assert start < end <= total
-    taken_whole = end == total and length <= MAX_CHUNK_FRAMES + 2 * MARGIN + FIRST_CHUNK_FRAMES
-    assert end - start <= MAX_CHUNK_FRAMES + FIRST_CHUNK_FRAMES or taken_whole
-    assert end == total or total - end >= FIRST_CHUNK_FRAMES
+    taken_whole = end == total and length <= MAX_CHUNK_FRAMES + 2 * MARGIN + crumbs
+    assert end - start <= MAX_CHUNK_FRAMES + crumbs or taken_whole
+    assert end == total or total - end >= crumbs
+
+
+def test_parts_afford_more_and_leave_no_rest_for_one_worker() -> None:
+    # 0.1 s ahead at 1 ms a frame, two workers at once: 120 frames, less both margins.
+    assert plan_chunk(16, 5000, ahead=0.1, frame_cost=0.001, margin=MARGIN, parts=2) == (
+        16 + 120 - 2 * MARGIN
+    )
+    # A rest under two parts' worth is taken now rather than decoded alone after.
+    total = 16 + 120 - 2 * MARGIN + 2 * MIN_PART_FRAMES - 1
+    assert plan_chunk(16, total, ahead=0.1, frame_cost=0.001, margin=MARGIN, parts=2) == total
 
 
 def test_frame_cost_is_a_moving_estimate() -> None:

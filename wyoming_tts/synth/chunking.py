@@ -42,17 +42,20 @@ def plan_chunk(
     frame_cost: float,
     margin: int,
     requests_in_flight: int = 1,
+    parts: int = 1,
 ) -> int:
     """End frame of the chunk that starts at ``start`` of a ``total``-frame utterance.
 
     ``ahead`` is the seconds of audio produced beyond what has played, None before
-    the response's first audio; ``margin`` the frames of context decoded on each side.
+    the response's first audio; ``margin`` the frames of context decoded on each side;
+    ``parts`` how many workers will share a later chunk (`plan_parts`).
     """
     if ahead is None:
         crowd = min(MAX_FIRST_CHUNK_FACTOR, max(1, requests_in_flight))
         end = start + min(MAX_CHUNK_FRAMES, FIRST_CHUNK_FRAMES * crowd)
     else:
-        affordable = int(max(0.0, ahead * SAFETY) / frame_cost)
+        # Parts decoded at once: the wall time per frame is a share of one worker's.
+        affordable = int(max(0.0, ahead * SAFETY) / (frame_cost / parts))
         if total - start <= min(affordable, MAX_CHUNK_FRAMES + 2 * margin):
             # Whole is cheaper than cut (no overlap decoded twice) and costs the
             # memory of a maximal chunk with its margins.
@@ -60,8 +63,13 @@ def plan_chunk(
         else:
             frames = max(FIRST_CHUNK_FRAMES, affordable - 2 * margin)
             end = start + min(MAX_CHUNK_FRAMES, frames)
-    if total - end < FIRST_CHUNK_FRAMES:
-        end = total  # no crumbs at the end of an utterance
+    crumbs = (
+        FIRST_CHUNK_FRAMES if ahead is None else max(FIRST_CHUNK_FRAMES, parts * MIN_PART_FRAMES)
+    )
+    if total - end < crumbs:
+        # No crumbs at the end of an utterance: a rest too short to share between the
+        # workers would be decoded by one of them while the others wait.
+        end = total
     return min(end, total)
 
 

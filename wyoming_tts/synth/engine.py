@@ -194,10 +194,10 @@ class Synthesizer:
                         start,
                         total,
                         ahead=pacing.ahead(),
-                        # Parts decoded at once: the wall time per frame is a share of it.
-                        frame_cost=pacing.frame_cost / parts,
+                        frame_cost=pacing.frame_cost,
                         margin=model.margin,
                         requests_in_flight=self._scheduler.active_requests,
+                        parts=parts,
                     )
                 flow_beside = parts > 1 and model.needs_flow(latent)
                 spans = plan_parts(start, end, 1 if flow_beside else parts)
