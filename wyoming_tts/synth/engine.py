@@ -201,8 +201,9 @@ class Synthesizer:
                     )
                 flow_beside = parts > 1 and model.needs_flow(latent)
                 spans = plan_parts(start, end, 1 if flow_beside else parts)
+                submitted = time.perf_counter()
                 decodes = [
-                    asyncio.ensure_future(run(_timed_decode, model, latent, a, b, urgent=urgent))
+                    asyncio.ensure_future(run(_decode, model, latent, a, b, urgent=urgent))
                     for a, b in spans
                 ]
                 if flow_beside and end < total:
@@ -212,10 +213,10 @@ class Synthesizer:
                     )
                 try:
                     for (a, b), decode in zip(spans, decodes, strict=True):
-                        audio, seconds = await decode
+                        audio, finished = await decode
                         decoded = min(total, b + model.margin) - max(0, a - model.margin)
                         stats.decoder_calls += 1
-                        if pacing.timed(seconds, decoded):
+                        if pacing.timed(finished - submitted, decoded):
                             stats.underruns += 1
                         yield fade_out(audio, voice.sample_rate) if b == total else audio
                 finally:
@@ -294,13 +295,10 @@ class _Lookahead:
         await self._utterances.aclose()
 
 
-def _timed_decode(
-    model: VitsModel, latent: Latent, start: int, end: int
-) -> tuple[FloatArray, float]:
-    """One decode and the seconds its thread spent on it, waiting for a worker excluded."""
-    began = time.perf_counter()
-    audio = model.decode(latent, start, end)
-    return audio, time.perf_counter() - began
+def _decode(model: VitsModel, latent: Latent, start: int, end: int) -> tuple[FloatArray, float]:
+    """One decode and when it ended: the pacing clock counts the wait for a worker, not
+    the time its result then waits for the parts before it to be taken."""
+    return model.decode(latent, start, end), time.perf_counter()
 
 
 def _drop(tasks: list[asyncio.Task[Any]]) -> None:
