@@ -140,6 +140,15 @@ def test_workers_default_to_one_per_core() -> None:
     assert fixed.effective_workers == 3
 
 
+def test_a_voice_served_whole_takes_every_worker_core() -> None:
+    """Its one run cannot be cut into parts, so it gets the threads the workers would."""
+    own, _ = load_settings([], {})
+    assert own.intra_op_threads == 1
+    assert own.whole_voice_threads == (os.cpu_count() or 1)
+    few, _ = load_settings(["--workers", "1", "--intra-op-threads", "2"], {})
+    assert few.whole_voice_threads == 2
+
+
 def test_removed_settings_warn_instead_of_failing(tmp_path: Path) -> None:
     """An old config file, environment or command line still starts, with one warning each."""
     old = tmp_path / "old.toml"
