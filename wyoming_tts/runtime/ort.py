@@ -42,7 +42,8 @@ def share_cpu_arena() -> None:
 def session_options(
     intra_op_threads: int, *, shared_arena: bool = False
 ) -> onnxruntime.SessionOptions:
-    """Options for many small runs on a small CPU: a thread pool per session, not spinning.
+    """Options for many small runs on a small CPU: threads that never spin (by default one
+    per session, so a worker is a core and no pool wakes between nodes).
 
     Spinning pools of several sessions steal each other's cores (see docs/decisions.md).
     The CPU arena is on; whether a run keeps it is the model's choice. ``shared_arena``:
