@@ -38,12 +38,13 @@ from common import (
     ratio,
     speak,
 )
-from texts import LONG_SENTENCE, WYOMING_BENCH_TEXTS
+from texts import LONG_SENTENCE, PARAGRAPH, WYOMING_BENCH_TEXTS
 
 THEIRS = "wyoming-piper"
 TEXTS = {
     **{f"bench-{i + 1}": text for i, text in enumerate(WYOMING_BENCH_TEXTS)},
     "sentence-60w": LONG_SENTENCE,
+    "paragraph": PARAGRAPH,
 }
 
 

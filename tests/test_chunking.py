@@ -7,14 +7,19 @@ from hypothesis import strategies as st
 
 from wyoming_tts.synth.chunking import (
     FIRST_CHUNK_FRAMES,
+    FIRST_FLOW_FRAMES,
     LOW_WATER,
     MAX_CHUNK_FRAMES,
     MAX_FIRST_CHUNK_FACTOR,
+    MIN_FLOW_PART_FRAMES,
     MIN_PART_FRAMES,
+    PREFETCH_AHEAD,
     Pacing,
+    flow_piece_end,
     next_frame_cost,
     plan_chunk,
     plan_parts,
+    rest_fits_one_chunk,
 )
 
 from .conftest import FakeClock
@@ -114,11 +119,46 @@ def test_pacing_tracks_audio_ahead_of_playback() -> None:
     assert pacing.frame_cost == next_frame_cost(0.001, 0.01, 10)
 
 
+def test_well_ahead_is_plenty_left_to_play() -> None:
+    clock = FakeClock(0.0)
+    pacing = Pacing(clock=clock)
+    assert not pacing.well_ahead()  # nothing played yet
+    pacing.emitted(PREFETCH_AHEAD + 1.0)
+    assert pacing.well_ahead()
+    clock.now += 1.5
+    assert not pacing.well_ahead()
+
+
+def test_the_flow_beside_a_chunk_covers_what_the_next_can_take() -> None:
+    # Beside the first window: about that window's time of flow.
+    assert flow_piece_end(16, 2000, margin=MARGIN, first=True) == 16 + FIRST_FLOW_FRAMES
+    # Beside a later chunk: the largest next chunk, with its margins.
+    assert flow_piece_end(300, 2000, margin=MARGIN) == 300 + MAX_CHUNK_FRAMES + 2 * MARGIN
+    # A short rest is flowed now, not left for a run of its own.
+    assert flow_piece_end(16, 16 + FIRST_FLOW_FRAMES + 100, margin=MARGIN, first=True) == (
+        16 + FIRST_FLOW_FRAMES + 100
+    )
+    assert flow_piece_end(0, 50, margin=MARGIN) == 50
+
+
+def test_the_rest_fits_one_chunk_as_plan_chunk_would_take_it() -> None:
+    total = 1000
+    end = total - MAX_CHUNK_FRAMES - 2 * MARGIN
+    assert rest_fits_one_chunk(end, total, margin=MARGIN)
+    assert not rest_fits_one_chunk(end - 1, total, margin=MARGIN)
+    # plan_chunk agrees: with enough ahead, that rest is one chunk, and a longer one not.
+    assert plan_chunk(end, total, ahead=100.0, frame_cost=0.001, margin=MARGIN) == total
+    assert plan_chunk(end - 100, total, ahead=100.0, frame_cost=0.001, margin=MARGIN) < total
+
+
 def test_a_chunk_is_shared_in_near_equal_parts_in_order() -> None:
     assert plan_parts(16, 261, 2) == [(16, 138), (138, 261)]
     assert plan_parts(0, 100, 4) == [(0, 33), (33, 66), (66, 100)]  # parts of 32 at least
     assert plan_parts(10, 10 + 2 * MIN_PART_FRAMES - 1, 2) == [(10, 73)]  # too short to share
     assert plan_parts(0, 300, 1) == [(0, 300)]
+    # The flow's parts each read their reach again: fewer, larger ones.
+    assert plan_parts(0, 100, 2, min_frames=MIN_FLOW_PART_FRAMES) == [(0, 100)]
+    assert plan_parts(0, 130, 2, min_frames=MIN_FLOW_PART_FRAMES) == [(0, 65), (65, 130)]
 
 
 @given(st.integers(0, 2000), st.integers(1, 400), st.integers(1, 8))

@@ -173,7 +173,8 @@ async def test_a_lone_reply_shares_its_decode_between_workers(
     voice: LoadedVoice, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Alone, the flow runs beside the first window and later chunks are decoded in parts
-    at once; beside another request, one decode at a time. The audio is the same."""
+    at once; beside another request, one decode at a time, and the flow beside each chunk
+    in one piece. The audio is the same."""
     runs: list[tuple[str, int, float, float]] = []
 
     def timed(func: Callable[..., object]) -> Callable[..., object]:
@@ -197,17 +198,94 @@ async def test_a_lone_reply_shares_its_decode_between_workers(
 
     def flow_beside_first_window() -> bool:
         (_, _, began, ended) = next(r for r in runs if r[:2] == ("decode", 0))
-        return any(name == "with_flow" and a < ended and b > began for name, _, a, b in runs)
+        return any(name == "flow" and a < ended and b > began for name, _, a, b in runs)
+
+    def most_flows_at_once() -> int:
+        flows = [(a, b) for name, _, a, b in runs if name == "flow"]
+        return max(sum(1 for a, b in flows if a <= t < b) for t, _ in flows)
 
     monkeypatch.setattr(voice.model, "decode", timed(voice.model.decode))
-    monkeypatch.setattr(voice.model, "with_flow", timed(voice.model.with_flow))
+    monkeypatch.setattr(voice.model, "flow", timed(voice.model.flow))
     alone, alone_stats = await speak(voice, ORDINARY[1:3])
     assert most_decodes_at_once() == 2 and flow_beside_first_window()
     runs.clear()
     beside, beside_stats = await speak(voice, ORDINARY[1:3], in_flight=2)
-    assert most_decodes_at_once() == 1 and not flow_beside_first_window()
+    assert most_decodes_at_once() == 1 and most_flows_at_once() == 1
     assert alone_stats.decoder_calls > beside_stats.decoder_calls
     a = np.frombuffer(alone, dtype="<i2").astype(np.int32)
     b = np.frombuffer(beside, dtype="<i2").astype(np.int32)
     assert a.shape == b.shape
     assert int(np.max(np.abs(a - b))) <= 2
+
+
+LONG_SENTENCE = (
+    "When the morning train finally pulled into the small station at the edge of the valley, "
+    "the passengers who had been waiting on the cold platform since dawn gathered their bags, "
+    "buttoned their coats against the wind, and climbed aboard."
+)
+
+
+def _record(
+    runs: list[tuple[str, int, int, float, float]], name: str, func: Callable[..., object]
+) -> Callable[..., object]:
+    """``func`` timed, with the frames of the latent it ran on and its first frame."""
+
+    def run(latent: object, *args: object) -> object:
+        began = time.perf_counter()
+        try:
+            return func(latent, *args)
+        finally:
+            frames = getattr(latent, "num_frames", -1)
+            first = args[0] if args and isinstance(args[0], int) else -1
+            runs.append((name, frames, first, began, time.perf_counter()))
+
+    return run
+
+
+async def test_a_long_utterance_is_flowed_in_pieces_beside_its_chunks(
+    voice: LoadedVoice, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No decode waits for a flow over the whole of a long utterance: the flow runs in
+    pieces, each beside a chunk, and the second chunk starts before the last piece."""
+    runs: list[tuple[str, int, int, float, float]] = []
+    monkeypatch.setattr(voice.model, "decode", _record(runs, "decode", voice.model.decode))
+    monkeypatch.setattr(voice.model, "flow", _record(runs, "flow", voice.model.flow))
+    monkeypatch.setattr(voice.model, "with_flow", _record(runs, "with_flow", voice.model.with_flow))
+    got, stats = await speak(voice, [LONG_SENTENCE], max_chunk_frames=300)
+    frames = max(r[1] for r in runs)
+    assert frames > 600  # one utterance, several pieces long
+    flows = sorted(r for r in runs if r[0] in ("flow", "with_flow"))
+    assert len(flows) >= 3
+    second = sorted((r for r in runs if r[0] == "decode" and r[2] > 0), key=lambda r: r[3])[0]
+    last_flow = max(flows, key=lambda r: r[3])
+    assert second[3] < last_flow[3]
+    samples = np.frombuffer(got, dtype="<i2")
+    assert samples.shape[0] == frames * voice.model.hop_length
+    assert stats.underruns == 0
+
+
+async def test_the_next_frontend_waits_until_the_rest_fits_one_chunk(
+    voice: LoadedVoice, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """While a long utterance with little audio ahead has more than one chunk to go, the
+    next sentence's frontend does not take a worker its chunks need; after, it does."""
+    runs: list[tuple[str, int, int, float, float]] = []
+    model = voice.model
+    monkeypatch.setattr(model, "decode", _record(runs, "decode", model.decode))
+    monkeypatch.setattr(model, "frontend", _record(runs, "frontend", model.frontend))
+    first_sentence = (
+        "Tomorrow will be cloudy in the morning, with a high of fourteen degrees later, "
+        "and a little rain in the evening over the hills."
+    )
+    await speak(voice, [first_sentence, ORDINARY[2]], max_chunk_frames=300)
+    fronts = sorted((r for r in runs if r[0] == "frontend"), key=lambda r: r[3])
+    decodes = sorted((r for r in runs if r[0] == "decode"), key=lambda r: r[3])
+    assert len(fronts) == 2
+    first = [r for r in decodes if r[1] == decodes[0][1]]  # the first utterance's
+    frames = first[0][1]
+    assert frames > chunking.FIRST_CHUNK_FRAMES + chunking.FIRST_FLOW_FRAMES + 300 + 24
+    # The first window, then a chunk as far as the flow beside it reached, then one that
+    # leaves a rest of one chunk at most: only beside that one may the frontend run.
+    third = min(r[3] for r in first if r[2] >= chunking.FIRST_CHUNK_FRAMES + 100)
+    assert fronts[1][3] >= third
+    assert fronts[1][3] < max(r[4] for r in first)

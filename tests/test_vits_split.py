@@ -165,8 +165,8 @@ def _decode_like_engine(
         if flow_once and i == 1:
             assert model.needs_flow(latent)
             latent = model.with_flow(latent, s)
-            assert latent.flowed is not None
-            assert not model.needs_flow(latent)
+            assert latent.flowed
+            assert not model.needs_flow(latent, s)
         chunks.append(model.decode(latent, s, e))
     return chunks
 
@@ -234,6 +234,30 @@ def test_chunked_long_matches_full_decode(
         for source in (latent, flowed) if s >= bounds[1][0] else (latent,):
             chunk = model.decode(source, s, e)
             assert _max_lsb(chunk, full[s * HOP : e * HOP]) <= MAX_LSB
+
+
+def test_flow_in_pieces_decodes_as_one_flow(
+    model: VitsModel, latents: dict[str, tuple[Latent, np.ndarray]]
+) -> None:
+    """As the engine runs it: pieces of the flow computed at once from one latent, then
+    another piece after them; chunks across the pieces' seams decode as the full one."""
+    latent, full = latents["long"]
+    frames = latent.num_frames
+    a, b, c = frames // 5, frames // 2, frames * 3 // 4
+    pieces = [model.flow(latent, lo, hi) for lo, hi in ((0, a), (a, b))]
+    flowed = latent.with_flowed([p for p in pieces if p is not None])
+    assert (flowed.flowed_from, flowed.flowed_to) == (0, b)
+    assert not model.needs_flow(flowed, 0, b - model.margin)
+    assert model.needs_flow(flowed, 0, b)
+    flowed = model.with_flow(flowed, b - model.margin, c)
+    assert flowed.flowed_to == c + model.margin and len(flowed.flowed) == 3
+    for s, e in ((0, 40), (a - 30, a + 30), (b - 50, b + 20), (c - 60, c)):
+        chunk = model.decode(flowed, s, e)
+        assert _max_lsb(chunk, full[s * HOP : e * HOP]) <= MAX_LSB
+    # A piece that does not follow on replaces what was flowed.
+    apart = model.flow(latent, c, frames)
+    assert apart is not None
+    assert flowed.with_flowed([apart]).flowed == (apart,)
 
 
 def test_kept_decoder_memory_decodes_the_same(

@@ -6,8 +6,9 @@ float rounding). That lets audio be streamed with a latency of one chunk rather 
 utterance.
 
 When the decoder also splits into flow and vocoder, the flow (cheap, 32 frames of reach)
-can run once over the rest of an utterance (`with_flow`) and only the vocoder (most of the
-cost, ~12 frames of reach) is run in windows; before that, a window runs both. Voices whose
+can run ahead over a span of an utterance (`with_flow`, extended piece by piece) and only
+the vocoder (most of the cost, ~12 frames of reach) is run in windows over what it covers;
+outside it, a window runs both. Voices whose
 graph cannot be split fall back to whole-utterance synthesis behind the same interface.
 Which of the three decoders a voice gets is settled once, at load.
 """
@@ -49,6 +50,19 @@ FloatArray = npt.NDArray[np.float32]
 
 
 @dataclass(frozen=True)
+class FlowPiece:
+    """The flow's output for frames [start, end) of one utterance."""
+
+    start: int
+    values: np.ndarray
+    """Shape [1, C, frames]; read-only."""
+
+    @property
+    def end(self) -> int:
+        return self.start + int(self.values.shape[2])
+
+
+@dataclass(frozen=True)
 class Latent:
     """One utterance's frontend output (or, for unsplit voices, its whole audio).
 
@@ -64,9 +78,42 @@ class Latent:
     """Speaker embedding, shape [1, G, 1] (multi-speaker split voices)."""
     audio: FloatArray | None = None
     """Whole-utterance audio (unsplit voices)."""
-    flowed: np.ndarray | None = None
-    """Flow output for frames [flowed_from, num_frames), once `with_flow` has run."""
-    flowed_from: int = 0
+    flowed: tuple[FlowPiece, ...] = ()
+    """The flow's output over consecutive spans, in order: what decodes take instead of
+    running the flow themselves."""
+
+    @property
+    def flowed_from(self) -> int:
+        return self.flowed[0].start if self.flowed else 0
+
+    @property
+    def flowed_to(self) -> int:
+        """End of the frames the flow has run over (0 if none)."""
+        return self.flowed[-1].end if self.flowed else 0
+
+    def covers(self, lo: int, hi: int) -> bool:
+        """Whether the flow has run over all of frames [lo, hi)."""
+        return bool(self.flowed) and self.flowed_from <= lo and hi <= self.flowed_to
+
+    def with_flowed(self, pieces: Sequence[FlowPiece]) -> Latent:
+        """With ``pieces`` (consecutive) after what the flow covers, or instead of it if
+        they do not follow on."""
+        if not pieces:
+            return self
+        if self.flowed and pieces[0].start == self.flowed_to:
+            return replace(self, flowed=(*self.flowed, *pieces))
+        return replace(self, flowed=tuple(pieces))
+
+    def flowed_frames(self, lo: int, hi: int) -> np.ndarray:
+        """The flow's output for frames [lo, hi), which it must cover."""
+        out = [
+            piece.values[
+                :, :, max(lo, piece.start) - piece.start : min(hi, piece.end) - piece.start
+            ]
+            for piece in self.flowed
+            if piece.start < hi and piece.end > lo
+        ]
+        return out[0] if len(out) == 1 else np.concatenate(out, axis=2)
 
 
 class Decoder(Protocol):
@@ -86,8 +133,9 @@ class Decoder(Protocol):
         """The Latent of one frontend run (outputs by name)."""
         ...
 
-    def with_flow(self, latent: Latent, start: int) -> Latent:
-        """``latent`` with the flow run once over frames ``start`` (less margins) onwards."""
+    def flow(self, latent: Latent, lo: int, hi: int) -> FlowPiece | None:
+        """The flow over frames [lo, hi) exactly (it reads its own reach around them);
+        None if the flow cannot run apart from the vocoder."""
         ...
 
     def decode(self, latent: Latent, start: int, end: int) -> FloatArray:
@@ -123,8 +171,8 @@ class WholeDecoder:
             audio = audio / np.float32(peak) if peak >= _SILENT_PEAK else np.zeros_like(audio)
         return Latent(num_frames=math.ceil(audio.shape[0] / self._hop), audio=_readonly(audio))
 
-    def with_flow(self, latent: Latent, start: int) -> Latent:
-        return latent
+    def flow(self, latent: Latent, lo: int, hi: int) -> FlowPiece | None:
+        return None
 
     def decode(self, latent: Latent, start: int, end: int) -> FloatArray:
         """The samples of those frames: for the last chunk, whatever the model made."""
@@ -162,8 +210,8 @@ class _SplitDecoder(ABC):
         g = _readonly(outputs[split.g_name]) if split.g_name else None
         return Latent(num_frames=int(z.shape[-1]), z=z, mask=mask, g=g)
 
-    def with_flow(self, latent: Latent, start: int) -> Latent:
-        return latent
+    def flow(self, latent: Latent, lo: int, hi: int) -> FlowPiece | None:
+        return None
 
     def stop_runs(self, stop: bool) -> None:
         self._run_options.terminate = stop
@@ -290,14 +338,10 @@ class StagedDecoder(_SplitDecoder):
         """Frames of the first stage's output the later stages get on each side of a chunk;
         None: they run over the whole window."""
 
-    def with_flow(self, latent: Latent, start: int) -> Latent:
-        """Later decodes from ``start`` on then run only the vocoder; a no-op if done."""
-        lo = max(0, start - self.margin)
-        if latent.flowed is not None and latent.flowed_from <= lo:
-            return latent
+    def flow(self, latent: Latent, lo: int, hi: int) -> FlowPiece:
         first = max(0, lo - self._flow_margin)
-        flowed = self._run_flow(latent, first, latent.num_frames)
-        return replace(latent, flowed=_readonly(flowed[:, :, lo - first :]), flowed_from=lo)
+        flowed = self._run_flow(latent, first, min(latent.num_frames, hi + self._flow_margin))
+        return FlowPiece(lo, _readonly(flowed[:, :, lo - first : hi - first]))
 
     def _decode_window(
         self,
@@ -310,8 +354,8 @@ class StagedDecoder(_SplitDecoder):
     ) -> tuple[FloatArray, int]:
         """With ``keep``, the later stages run only over the frames kept and the context
         they need; each runs ``stage_frames`` at a time."""
-        if latent.flowed is not None and lo >= latent.flowed_from:
-            seam = latent.flowed[:, :, lo - latent.flowed_from : hi - latent.flowed_from]
+        if latent.covers(lo, hi):
+            seam = latent.flowed_frames(lo, hi)
         else:
             flow_lo = max(0, lo - self._flow_margin)
             flow_hi = min(latent.num_frames, hi + self._flow_margin)
@@ -536,9 +580,16 @@ class VitsModel:
         """Decoding a frame range costs inference (it can be shared between workers)."""
         return self.decoder.windowed
 
-    def needs_flow(self, latent: Latent) -> bool:
-        """Whether `with_flow` would still spare later decodes of ``latent`` the flow."""
-        return self.decoder.flows_separately and latent.flowed is None
+    def needs_flow(self, latent: Latent, start: int = 0, end: int | None = None) -> bool:
+        """Whether `with_flow` over [start, end) would still spare decodes there the flow."""
+        if not self.decoder.flows_separately:
+            return False
+        return not latent.covers(*self._flow_span(latent, start, end))
+
+    def flow(self, latent: Latent, lo: int, hi: int) -> FlowPiece | None:
+        """The flow over frames [lo, hi) (decodes of a chunk read its margins' too), to
+        add to ``latent`` with `Latent.with_flowed`; None for voices without the cut."""
+        return self.decoder.flow(latent, lo, hi)
 
     def frontend(
         self,
@@ -554,13 +605,25 @@ class VitsModel:
         outputs = self._frontend.run(None, feeds, self._run_options)
         return self.decoder.latent(dict(zip(self._frontend_outputs, outputs, strict=True)))
 
-    def with_flow(self, latent: Latent, start: int) -> Latent:
-        """``latent`` with the flow run once from frame ``start`` (less margins) to the end.
+    def with_flow(self, latent: Latent, start: int, end: int | None = None) -> Latent:
+        """``latent`` with the flow run over chunk frames [start, end) (to the end if None)
+        and their margins, after what it covers already when that reaches ``start``.
 
-        Later `decode` calls from ``start`` on then run only the vocoder. A no-op for
+        Later `decode` calls within that span then run only the vocoder. A no-op for
         voices without the flow/vocoder cut, or when already done.
         """
-        return self.decoder.with_flow(latent, start)
+        if not self.needs_flow(latent, start, end):
+            return latent
+        lo, hi = self._flow_span(latent, start, end)
+        if latent.flowed and latent.flowed_from <= lo <= latent.flowed_to:
+            lo = latent.flowed_to
+        piece = self.decoder.flow(latent, lo, hi)
+        return latent if piece is None else latent.with_flowed([piece])
+
+    def _flow_span(self, latent: Latent, start: int, end: int | None) -> tuple[int, int]:
+        """Frames whose flow the decodes of chunk frames [start, end) read."""
+        stop = latent.num_frames if end is None else min(latent.num_frames, end + self.margin)
+        return max(0, start - self.margin), stop
 
     def decode(self, latent: Latent, start: int, end: int) -> FloatArray:
         """Float32 mono samples for frames [start, end) of ``latent``.

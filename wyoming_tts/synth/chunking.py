@@ -27,9 +27,18 @@ SAFETY = 0.6
 #: Seconds of audio ahead of playback below which a playing response's steps are urgent
 #: too, so new requests' first steps cannot starve it into a gap.
 LOW_WATER = 0.5
+#: Seconds of audio ahead of playback from which the next utterance's frontend may take a
+#: worker before this utterance's last chunk is under way. Home Assistant's ffmpeg step
+#: plays nothing until it has ~4.6 s: a reply's own chunks come first until then.
+PREFETCH_AHEAD = 5.0
 #: Fewest frames in one part of a chunk shared between idle workers: each part decodes
 #: its own margins, so smaller parts cost more than running them together saves.
 MIN_PART_FRAMES = 32
+#: Frames the flow runs over beside a response's first window: on one worker it takes
+#: about as long as that window (16 frames, its margins and their flow) on another.
+FIRST_FLOW_FRAMES = 128
+#: Fewest frames in one of the flow's parts run at once: each reads 32 more on each side.
+MIN_FLOW_PART_FRAMES = 64
 #: Guess of decoder seconds per frame for a voice not yet timed (its warm-up times it).
 INITIAL_FRAME_COST = 0.0008
 
@@ -73,15 +82,34 @@ def plan_chunk(
     return min(end, total)
 
 
-def plan_parts(start: int, end: int, parts: int) -> list[tuple[int, int]]:
+def plan_parts(
+    start: int, end: int, parts: int, *, min_frames: int = MIN_PART_FRAMES
+) -> list[tuple[int, int]]:
     """Frames [start, end) as up to ``parts`` spans of near-equal length, in order.
 
     Each span is decoded on its own worker at once: on two cores a lone reply ends ~20%
     sooner than with one decode on two threads (docs/decisions.md).
     """
-    count = max(1, min(parts, (end - start) // MIN_PART_FRAMES))
+    count = max(1, min(parts, (end - start) // min_frames))
     bounds = [start + (end - start) * i // count for i in range(count + 1)]
     return list(itertools.pairwise(bounds))
+
+
+def flow_piece_end(end: int, total: int, *, margin: int, first: bool = False) -> int:
+    """Where the flow run beside the chunk that ends at ``end`` stops.
+
+    Beside a later chunk it covers as far as the next can reach (`plan_chunk`), so that
+    one costs only the vocoder and no worker waits for a flow over the whole utterance;
+    beside the ``first`` window it covers what the flow does in about that window's time.
+    A short rest is flowed now: it would cost another run with its own reach of context.
+    """
+    piece = end + (FIRST_FLOW_FRAMES if first else MAX_CHUNK_FRAMES + 2 * margin)
+    return total if total - piece < MAX_CHUNK_FRAMES // 2 else piece
+
+
+def rest_fits_one_chunk(end: int, total: int, *, margin: int) -> bool:
+    """Whether what follows frame ``end`` can be taken by one more chunk (`plan_chunk`)."""
+    return total - end <= MAX_CHUNK_FRAMES + 2 * margin
 
 
 def fixed_chunk(start: int, total: int, *, margin: int) -> int:
@@ -126,6 +154,11 @@ class Pacing:
         """Before the first audio, or with under LOW_WATER seconds of it left to play."""
         ahead = self.ahead()
         return ahead is None or ahead < LOW_WATER
+
+    def well_ahead(self) -> bool:
+        """With PREFETCH_AHEAD seconds of audio or more left to play."""
+        ahead = self.ahead()
+        return ahead is not None and ahead >= PREFETCH_AHEAD
 
     def timed(self, seconds: float, frames: int) -> bool:
         """Record one decode after the first; True if playback ran dry meanwhile."""

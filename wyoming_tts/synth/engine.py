@@ -2,9 +2,10 @@
 
 Per utterance the frontend (text encoder, durations, noise) runs once; the
 decoder then runs over the frames in chunks (`chunking.plan_chunk`). The first
-chunk runs flow and vocoder over a window, so audio leaves at once; after it,
-the flow runs once over the rest of each utterance and each later chunk is
-vocoder only. The next utterance's frontend runs while this one decodes.
+chunk runs flow and vocoder over a window, so audio leaves at once; beside each
+chunk the flow runs over the frames the next can take (`chunking.flow_piece_end`),
+so each later chunk is vocoder only. The next utterance's frontend runs while this
+one decodes, once this one is not short of audio.
 
 Backpressure: `speak` is an async generator, so no chunk is computed before the
 consumer has taken the one before it. Cancellation: closing the generator stops
@@ -17,16 +18,26 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncGenerator, AsyncIterable
+from collections.abc import AsyncGenerator, AsyncIterable, Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
 from ..audio import SAMPLE_WIDTH, fade_in, fade_out, silence, to_pcm16
 from ..model.noise import utterance_seed
-from ..model.vits import FloatArray, Latent, VitsModel
+from ..model.vits import FloatArray, FlowPiece, Latent, VitsModel
 from ..runtime.scheduler import Scheduler
 from ..voices.loader import LoadedVoice, SynthParams
-from .chunking import INITIAL_FRAME_COST, Pacing, fixed_chunk, plan_chunk, plan_parts
+from .chunking import (
+    INITIAL_FRAME_COST,
+    MIN_FLOW_PART_FRAMES,
+    MIN_PART_FRAMES,
+    Pacing,
+    fixed_chunk,
+    flow_piece_end,
+    plan_chunk,
+    plan_parts,
+    rest_fits_one_chunk,
+)
 from .phrases import PhraseCache
 
 
@@ -104,14 +115,31 @@ class Synthesizer:
         utterances = self._utterances(voice, params, gain, sentences, stats, pacing)
         lookahead = _Lookahead(utterances)
         gap, sentence_pcm = b"", bytearray()
+
+        near_end = False
+
+        def prefetch() -> None:
+            # The next frontend may take a worker once audio flows and this utterance's
+            # rest fits in one more chunk, or once the listener has plenty in hand: before
+            # that, it would hold a worker that the chunks of a long utterance need.
+            if pacing.started and (near_end or pacing.well_ahead()):
+                lookahead.prefetch()
+
+        def nearly_done() -> None:
+            nonlocal near_end
+            near_end = True
+            prefetch()
+
         try:
             while (utterance := await lookahead.next()) is not None:
-                if pacing.started:
-                    lookahead.prefetch()
+                near_end = False
+                prefetch()
                 if utterance.starts_sentence:
                     sentence_pcm.clear()
                 prefix = gap if utterance.starts_sentence else b""
-                pieces = self._pieces(voice, utterance, gain, pacing, stats, fixed_plan)
+                pieces = self._pieces(
+                    voice, utterance, gain, pacing, stats, fixed_plan, nearly_done
+                )
                 async with contextlib.aclosing(pieces):
                     async for speech in pieces:
                         if utterance.key is not None:
@@ -123,8 +151,7 @@ class Synthesizer:
                         prefix = b""
                         pacing.emitted(len(pcm) / SAMPLE_WIDTH / rate)
                         yield pcm
-                        # Once audio flows, the next utterance's frontend may run beside us.
-                        lookahead.prefetch()
+                        prefetch()
                 if (
                     utterance.key is not None
                     and utterance.ends_sentence
@@ -149,12 +176,13 @@ class Synthesizer:
         pacing: Pacing,
         stats: SpeechStats,
         fixed_plan: bool,
+        nearly_done: Callable[[], None],
     ) -> AsyncGenerator[bytes, None]:
         """One utterance's PCM: the cached sentence at once, else decoded chunk by chunk."""
         if utterance.latent is None:
             yield utterance.cached or b""
             return
-        chunks = self._chunks(voice, utterance.latent, pacing, stats, fixed_plan)
+        chunks = self._chunks(voice, utterance.latent, pacing, stats, fixed_plan, nearly_done)
         async with contextlib.aclosing(chunks):
             async for audio in chunks:
                 yield to_pcm16(audio, gain)
@@ -166,55 +194,72 @@ class Synthesizer:
         pacing: Pacing,
         stats: SpeechStats,
         fixed_plan: bool = False,
+        nearly_done: Callable[[], None] = lambda: None,
     ) -> AsyncGenerator[FloatArray, None]:
         """One utterance's audio in chunks planned from the playback ahead of the listener.
 
-        With workers to spare (a lone request), the flow over the rest of the utterance
-        runs beside its first window, and each later chunk is cut into parts decoded at
-        once on different workers (`chunking.plan_parts`).
+        Beside each chunk the flow runs over the frames the next one can take. With
+        workers to spare (a lone request), each chunk after the first is cut into parts
+        decoded at once on different workers (`chunking.plan_parts`).
         """
         model, run = voice.model, self._scheduler.run
-        start, total = 0, latent.num_frames
-        flowing: asyncio.Task[Latent] | None = None
+        start, total, margin = 0, latent.num_frames, model.margin
+        flowing: list[asyncio.Future[FlowPiece | None]] = []
         try:
             while start < total:
                 urgent = pacing.starving()
                 parts = self._scheduler.workers_per_request
                 if fixed_plan or not model.windowed:
                     parts = 1  # a file's samples stay the same; a whole voice only slices
-                if flowing is not None:
-                    latent, flowing = await flowing, None
-                if (pacing.started or fixed_plan) and model.needs_flow(latent):
-                    # From now on each chunk of this utterance costs only the vocoder.
-                    latent = await run(model.with_flow, latent, start, urgent=urgent)
+                if flowing:
+                    pieces = [piece for piece in await asyncio.gather(*flowing) if piece]
+                    latent, flowing = latent.with_flowed(pieces), []
                 if fixed_plan:
-                    end = fixed_chunk(start, total, margin=model.margin)
+                    if model.needs_flow(latent, start):
+                        # One flow over the rest: the same samples on every run.
+                        latent = await run(model.with_flow, latent, start, urgent=urgent)
+                    end = fixed_chunk(start, total, margin=margin)
                 else:
                     end = plan_chunk(
                         start,
                         total,
                         ahead=pacing.ahead(),
                         frame_cost=pacing.frame_cost,
-                        margin=model.margin,
+                        margin=margin,
                         requests_in_flight=self._scheduler.active_requests,
                         parts=parts,
                     )
-                flow_beside = parts > 1 and model.needs_flow(latent)
-                spans = plan_parts(start, end, 1 if flow_beside else parts)
+                    if pacing.started and model.needs_flow(latent, start, end):
+                        end = _flowed_end(latent, start, end, margin, parts)
+                        if model.needs_flow(latent, start, end):
+                            latent = await run(model.with_flow, latent, start, end, urgent=urgent)
+                # The first window runs flow and vocoder in one decode.
+                spans = plan_parts(start, end, parts if pacing.started else 1)
                 submitted = time.perf_counter()
                 decodes = [
                     asyncio.ensure_future(run(_decode, model, latent, a, b, urgent=urgent))
                     for a, b in spans
                 ]
-                if flow_beside and end < total:
-                    # The first window runs flow and vocoder; the rest's flow runs beside it.
-                    flowing = asyncio.ensure_future(
-                        run(model.with_flow, latent, end, urgent=urgent)
-                    )
+                if not fixed_plan and end < total and model.flows_separately:
+                    # Beside this chunk, the flow over what the next can take, in parts
+                    # on the workers this chunk leaves free or is about to.
+                    first = not pacing.started
+                    lo = max(0, end - margin)
+                    if latent.covers(lo, lo):  # go on from what is flowed already
+                        lo = latent.flowed_to
+                    hi = min(total, flow_piece_end(end, total, margin=margin, first=first) + margin)
+                    shares = max(1, parts - 1) if first else parts
+                    flowing = [
+                        asyncio.ensure_future(run(model.flow, latent, a, b, urgent=urgent))
+                        for a, b in plan_parts(lo, hi, shares, min_frames=MIN_FLOW_PART_FRAMES)
+                        if a < b
+                    ]
+                if rest_fits_one_chunk(end, total, margin=margin):
+                    nearly_done()
                 try:
                     for (a, b), decode in zip(spans, decodes, strict=True):
                         audio, finished = await decode
-                        decoded = min(total, b + model.margin) - max(0, a - model.margin)
+                        decoded = min(total, b + margin) - max(0, a - margin)
                         stats.decoder_calls += 1
                         if pacing.timed(finished - submitted, decoded):
                             stats.underruns += 1
@@ -223,8 +268,7 @@ class Synthesizer:
                     _drop(decodes)
                 start = end
         finally:
-            if flowing is not None:
-                _drop([flowing])
+            _drop(flowing)
 
     async def _utterances(
         self,
@@ -263,8 +307,10 @@ class Synthesizer:
                 latent = await run(voice.frontend, ids, these, urgent=not pacing.started)
                 if pacing.started and latent.num_frames > 0 and model.needs_flow(latent):
                     # Audio already flows, so this utterance needs no first window: its
-                    # flow runs now, in the lookahead, beside the decode of the one before.
-                    latent = await run(model.with_flow, latent, 0)
+                    # first piece of flow runs now, in the lookahead, beside the decode of
+                    # the one before (in one run: parts would each read its reach again).
+                    piece = flow_piece_end(0, latent.num_frames, margin=model.margin)
+                    latent = await run(model.with_flow, latent, 0, piece)
                 if latent.num_frames > 0:
                     stats.utterances += 1
                     last = i == len(id_lists) - 1
@@ -301,7 +347,20 @@ def _decode(model: VitsModel, latent: Latent, start: int, end: int) -> tuple[Flo
     return model.decode(latent, start, end), time.perf_counter()
 
 
-def _drop(tasks: list[asyncio.Task[Any]]) -> None:
+def _flowed_end(latent: Latent, start: int, end: int, margin: int, parts: int) -> int:
+    """The chunk [start, end) cut back to what the flow covers already, if that leaves
+    one worth decoding: the flow beside the next chunk then covers the rest."""
+    if not latent.covers(max(0, start - margin), max(0, start - margin)):
+        return end
+    reach = (
+        latent.num_frames if latent.flowed_to >= latent.num_frames else latent.flowed_to - margin
+    )
+    if reach - start < parts * MIN_PART_FRAMES:
+        return end
+    return min(end, reach)
+
+
+def _drop(tasks: Sequence[asyncio.Future[Any]]) -> None:
     """Cancel steps nobody will take (the scheduler skips those not begun), and mark
     the outcome of those already ended as seen."""
     for task in tasks:
