@@ -8,8 +8,8 @@ utterance.
 When the decoder also splits into flow and vocoder, the flow (cheap, 32 frames of reach)
 can run ahead over a span of an utterance (`with_flow`, extended piece by piece) and only
 the vocoder (most of the cost, ~12 frames of reach) is run in windows over what it covers;
-outside it, a window runs both. Voices whose
-graph cannot be split fall back to whole-utterance synthesis behind the same interface.
+outside it, a window runs both. Voices whose graph cannot be split fall back to
+whole-utterance synthesis behind the same interface.
 Which of the three decoders a voice gets is settled once, at load.
 """
 
