@@ -225,10 +225,10 @@ async def test_a_request_stops_the_warm_up_step_it_meets(tmp_path: Path, cache: 
         first = await speak_as(srv, BIG, TEXT, "ben")  # whole; its split voice is prepared
         assert_heard(first, BIG)
         met = 0
-        while pool.stats().warm_up_yields == 0:
+        while pool.stats().background_yields == 0:
             stats = pool.stats()
             assert stats.upgrades == 0, f"warmed with no step met: {met} requests in time"
-            if stats.warming_step != BIG:
+            if stats.background_step != BIG:
                 await asyncio.sleep(0.001)
                 continue
             met += 1

@@ -10,11 +10,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import threading
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
 from wyoming_tts.errors import Busy, MemoryExhausted, VoiceLoadFailed, VoiceNotFound
@@ -440,6 +442,61 @@ async def test_decoder_memory_grown_at_quiet_is_emptied_and_regrown(
         pass
     await quiet_look(420)  # another voice loaded: a new figure, not growth
     assert shrinks == [1]
+
+
+async def test_a_request_stops_the_arena_regrowth_it_meets_and_not_itself(
+    voices_dir, cache_dir, closing, monkeypatch
+) -> None:
+    """The regrowth is as large a run as a request can make, on a voice requests use: a
+    request that comes meanwhile stops it (through run options of its own, not the
+    voice's) and is served in full; the regrowth runs again at the next quiet."""
+    monkeypatch.setattr(pool_module, "TRIM_QUIET", 0.01)
+    started = threading.Event()
+    attempts: list[str] = []
+    real = pool_module.reach_working_size
+
+    def regrow(voice: LoadedVoice) -> None:
+        attempts.append("stopped")
+        started.set()
+        if len(attempts) == 1:  # keeps running until a request stops it
+            for _ in range(500):
+                real(voice)
+        else:
+            real(voice)
+        attempts[-1] = "done"
+
+    monkeypatch.setattr(pool_module, "reach_working_size", regrow)
+    state = {"rss": 300 * MB}
+    scheduler = Scheduler(workers=2)
+    pool, _ = make_pool(
+        voices_dir,
+        cache_dir,
+        memory=lambda: state["rss"],
+        keep_decoder_memory=True,
+        scheduler=scheduler,
+    )
+    closing.append(pool)
+    name = "en_US-a-medium"
+    await pool.prime((name,))
+    pool.trim()
+    assert pool._trimmer is not None
+    await pool._trimmer  # the first quiet look only reads
+    state["rss"] = 400 * MB
+    pool.trim()
+    await asyncio.to_thread(started.wait, 60)
+    assert pool.stats().background_step == name
+    with scheduler.request():
+        async with pool.acquire(name) as voice:
+            params = voice.params(None, 0.0, None, 0.0)
+            audio = await scheduler.run(voice.speak_blocking, "Served in full.", params)
+    samples = np.concatenate(audio)
+    assert samples.shape[0] / voice.sample_rate > 0.5
+    assert float(np.sqrt(np.mean(samples**2))) > 0.01
+    assert pool._trimmer is not None
+    await asyncio.wait_for(pool._trimmer, 60)
+    assert attempts == ["stopped", "done"]
+    assert pool.stats().background_yields == 1
+    assert not voice.model.runs_stopped
 
 
 def spins(voice: LoadedVoice) -> bool:

@@ -216,6 +216,27 @@ def test_stopped_runs_end_at_once_and_run_again_after(
     assert _max_lsb(model.decode(latent, 0, latent.num_frames), full) <= MAX_LSB
 
 
+def test_a_model_apart_stops_only_its_own_runs(
+    split: SplitModel, cache_dir: Path, latents: dict[str, tuple[Latent, np.ndarray]]
+) -> None:
+    """How the arena regrowth gives way on a voice requests use (`VitsModel.apart`): its
+    runs stop, the voice's own go on, with the same sessions and the same arena shrinkage."""
+    model = VitsModel.load(MODEL_PATH, cache_dir, _session_options(), HOP)
+    apart = model.apart()
+    assert apart.decoder._flow is model.decoder._flow  # type: ignore[attr-defined]
+    shrinkage = "memory.enable_memory_arena_shrinkage"
+    assert apart._run_options.get_run_config_entry(shrinkage) == "cpu:0"
+    latent, full = latents["short"]
+    apart.stop_runs()
+    with pytest.raises(onnxruntime.capi.onnxruntime_pybind11_state.Fail, match="terminate"):
+        apart.decode(latent, 0, latent.num_frames)
+    with pytest.raises(onnxruntime.capi.onnxruntime_pybind11_state.Fail, match="terminate"):
+        apart.frontend([1, 0, 20, 0, 2], SCALES, None)
+    assert not model.runs_stopped
+    assert _max_lsb(model.decode(latent, 0, latent.num_frames), full) <= MAX_LSB
+    model.frontend([1, 0, 20, 0, 2], SCALES, None)
+
+
 @pytest.mark.parametrize("sizes", [(16,), (50,), (200,), UNEVEN], ids=str)
 def test_chunked_long_matches_full_decode(
     model: VitsModel, latents: dict[str, tuple[Latent, np.ndarray]], sizes: tuple[int, ...]

@@ -15,6 +15,7 @@ Which of the three decoders a voice gets is settled once, at load.
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
 from abc import ABC, abstractmethod
@@ -45,6 +46,8 @@ _PROBE_IDS = (1, 0, 2, 0, 1, 0, 2)
 _PROBE_TOLERANCE = 2 / 32767
 #: Below this peak an utterance is silence, not something to normalise (piper's bound).
 _SILENT_PEAK = 1e-8
+#: The run option that shrinks the CPU arena at the end of each run.
+_ARENA_SHRINKAGE = "memory.enable_memory_arena_shrinkage"
 
 FloatArray = npt.NDArray[np.float32]
 
@@ -146,6 +149,10 @@ class Decoder(Protocol):
         """Runs of its sessions in flight, and later ones, fail at once (see `VitsModel`)."""
         ...
 
+    def apart(self) -> Decoder:
+        """The same sessions, with run options of their own (see `VitsModel.apart`)."""
+        ...
+
 
 class WholeDecoder:
     """For voices with no usable seam: the frontend is the whole voice and its output
@@ -183,6 +190,9 @@ class WholeDecoder:
     def stop_runs(self, stop: bool) -> None:
         pass  # no sessions of its own: the frontend made the audio
 
+    def apart(self) -> WholeDecoder:
+        return self
+
 
 class _SplitDecoder(ABC):
     """What the decoders of a split voice share: a window of frames with their context
@@ -215,6 +225,11 @@ class _SplitDecoder(ABC):
 
     def stop_runs(self, stop: bool) -> None:
         self._run_options.terminate = stop
+
+    def apart(self) -> _SplitDecoder:
+        other = copy.copy(self)
+        other._run_options = _run_options_like(self._run_options)
+        return other
 
     def decode(self, latent: Latent, start: int, end: int) -> FloatArray:
         if start == end:
@@ -491,7 +506,7 @@ class VitsModel:
         # arena's power-of-two growth for as long as the voice stays loaded.
         run_options = RunOptions()
         if session_options.enable_cpu_mem_arena:  # rejected by sessions without an arena
-            run_options.add_run_config_entry("memory.enable_memory_arena_shrinkage", "cpu:0")
+            run_options.add_run_config_entry(_ARENA_SHRINKAGE, "cpu:0")
         decoder_run = RunOptions() if keep_decoder_memory else run_options
 
         def whole() -> VitsModel:
@@ -546,7 +561,7 @@ class VitsModel:
         )
         run_options = RunOptions()
         if session_options.enable_cpu_mem_arena:
-            run_options.add_run_config_entry("memory.enable_memory_arena_shrinkage", "cpu:0")
+            run_options.add_run_config_entry(_ARENA_SHRINKAGE, "cpu:0")
         decoder = WholeDecoder(frontend.get_outputs()[0].name, hop_length, margin, normalize=True)
         return cls(frontend, decoder, hop_length, run_options)
 
@@ -561,7 +576,8 @@ class VitsModel:
 
         onnxruntime checks the flag between operators, so a run ends within one operator
         (~50 ms for a full-width high voice's largest): for work nobody waits for, a
-        warm-up step, that must give way to a request. Only for a model no request uses.
+        warm-up step, that must give way to a request. Only for a model no request uses, or
+        one made `apart`.
         """
         self._run_options.terminate = stop
         self.decoder.stop_runs(stop)
@@ -569,6 +585,18 @@ class VitsModel:
     @property
     def runs_stopped(self) -> bool:
         return bool(self._run_options.terminate)
+
+    def apart(self) -> VitsModel:
+        """The same sessions, with run options of their own: `stop_runs` on it stops only
+        the runs made through it.
+
+        For work nobody waits for on a voice requests are using (the quiet-time arena
+        settle), which must give way to a request without stopping the request's runs.
+        """
+        other = copy.copy(self)
+        other.decoder = self.decoder.apart()
+        other._run_options = _run_options_like(self._run_options)
+        return other
 
     @property
     def flows_separately(self) -> bool:
@@ -690,6 +718,17 @@ def _split_decoders(
 
     attempts.append(("decoder split", joint))
     return attempts
+
+
+def _run_options_like(options: RunOptions) -> RunOptions:
+    """New run options, not stopped, that shrink the arena as ``options`` do."""
+    fresh = RunOptions()
+    try:
+        shrinkage = options.get_run_config_entry(_ARENA_SHRINKAGE)
+    except RuntimeError:  # not set: onnxruntime raises for an absent key
+        return fresh
+    fresh.add_run_config_entry(_ARENA_SHRINKAGE, shrinkage)
+    return fresh
 
 
 def _input_names(session: InferenceSession) -> frozenset[str]:

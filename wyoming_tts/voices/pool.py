@@ -143,10 +143,10 @@ class PoolStats:
     """Loaded voices serving whole utterances until their split voice is ready."""
     upgrades: int = 0
     """Whole voices replaced by their prepared split voice."""
-    warm_up_yields: int = 0
-    """Warm-up steps stopped by a request and run again later."""
-    warming_step: str | None = None
-    """The voice whose warm-up step runs now."""
+    background_yields: int = 0
+    """Background steps (warm-up, arena regrowth) stopped by a request and run again."""
+    background_step: str | None = None
+    """The voice whose background step runs now."""
     preparing: tuple[str, ...] = ()
     """Whole voices whose split voice is being opened and warmed (or waits for quiet)."""
     splitting: str | None = None
@@ -426,10 +426,9 @@ class VoicePool:
             voice = await self._when_quiet(open_voice, entry, self._config.load)
             warm_up = WarmUp(voice, self._config.load)
             for step in warm_up.steps():
-                if not self._current(slot):
-                    return
                 try:
-                    await self._warm_up_step(voice, step)
+                    if not await self._background_step(voice, step, partial(self._current, slot)):
+                        return
                 except Exception as err:
                     raise warm_up.failed(err) from err
             ready = warm_up.result()
@@ -443,34 +442,40 @@ class VoicePool:
         if self._current(slot):
             self._swap(slot, replace(ready, load_seconds=time.perf_counter() - started))
 
-    async def _warm_up_step(self, voice: LoadedVoice, step: Callable[[], None]) -> None:
-        """One step of a split voice's warm-up, when quiet; a request that comes in flight
-        meanwhile stops it (`_give_way`), and it is run again at the next quiet.
+    async def _background_step(
+        self, voice: LoadedVoice, step: Callable[[], None], wanted: Callable[[], bool]
+    ) -> bool:
+        """One step of background work on ``voice``, when quiet; a request that comes in
+        flight meanwhile stops it (`_give_way`), and it is run again at the next quiet.
 
-        So a request shares the CPU with a warm-up step for one operator at most, not for
-        the rest of the step (1.6-1.9 s for a full-width high voice). The voice is not in
-        the pool yet, so no request runs on it.
+        So a request shares the CPU with the step for one operator at most, not for the
+        rest of it (1.6-1.9 s for a full-width high voice's warm-up). No request may run
+        through ``voice.model``'s run options: it is a voice not in the pool yet, or a
+        model made `VitsModel.apart`. False: not run, as no longer `wanted` (the voice was
+        unloaded or replaced meanwhile).
         """
         while True:
             async with self._warm_lock:
+                if not wanted():
+                    return False
                 if self._scheduler.quiet:
                     voice.model.stop_runs(False)
                     self._stepping = voice
                     try:
                         await self._scheduler.run(step)
-                        return
+                        return True
                     except Exception:
                         if not voice.model.runs_stopped:
                             raise
                         self._gave_way += 1
-                        _LOGGER.debug("Warm-up of %s gave way to a request", voice.name)
+                        _LOGGER.debug("Background step on %s gave way to a request", voice.name)
                     finally:
                         self._stepping = None
                         voice.model.stop_runs(False)
             await asyncio.sleep(QUIET_POLL)
 
     def _give_way(self, busy: bool) -> None:
-        """A first request came in flight: stop the warm-up step running now, if any."""
+        """A first request came in flight: stop the background step running now, if any."""
         if busy and self._stepping is not None:
             self._stepping.model.stop_runs()
 
@@ -637,8 +642,8 @@ class VoicePool:
             waiting_requests=self._scheduler.waiting_requests,
             whole=tuple(n for n, s in self._slots.items() if s.voice.provisional),
             upgrades=self._upgraded,
-            warm_up_yields=self._gave_way,
-            warming_step=self._stepping.name if self._stepping is not None else None,
+            background_yields=self._gave_way,
+            background_step=self._stepping.name if self._stepping is not None else None,
             preparing=tuple(sorted(self._preparing)),
             splitting=splitter.running if splitter is not None else None,
             splits_queued=splitter.queued if splitter is not None else (),
@@ -670,14 +675,19 @@ class VoicePool:
 
         Replies at once grow the arena kept between runs by their sum, for good; emptied
         after each run instead, it would cost ~20% of synthesis time (docs/decisions.md).
-        Each step waits for quiet, as background preparation does.
+        Each step waits for quiet, and the regrowth gives way to a request as a warm-up
+        step does: it is as large a run as a request can make (a request 0.5-1 s after a
+        long reply was measured ~2x slower behind it).
         """
         rss = await self._rss()
         if self._quiet_rss is not None and rss > self._quiet_rss + ARENA_REGROWN_BYTES:
-            voices = [s.voice for s in self._slots.values() if not s.voice.provisional]
+            slots = [s for s in self._slots.values() if not s.voice.provisional]
             await self._when_quiet(self._shrink_arena)
-            for voice in voices:
-                await self._when_quiet(reach_working_size, voice)
+            for slot in slots:
+                # Its own run options: a request arriving meanwhile stops this, not itself.
+                voice = replace(slot.voice, model=slot.voice.model.apart())
+                step = partial(reach_working_size, voice)
+                await self._background_step(voice, step, partial(self._current, slot))
             await asyncio.to_thread(trim_heap)
             settled = await self._rss()
             _LOGGER.info(
