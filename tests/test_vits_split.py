@@ -270,11 +270,18 @@ def test_flow_in_pieces_decodes_as_one_flow(
     assert (flowed.flowed_from, flowed.flowed_to) == (0, b)
     assert not model.needs_flow(flowed, 0, b - model.margin)
     assert model.needs_flow(flowed, 0, b)
+    # Where the next piece begins, and how far a chunk may go on what is flowed.
+    assert flowed.flow_start(a) == b and flowed.flow_start(b + 1) == b + 1
+    assert model.flowed_reach(flowed, a) == b - model.margin
+    assert model.flowed_reach(latent, 0) is None
+    assert model.flowed_reach(flowed, b + model.margin + 1) is None
     flowed = model.with_flow(flowed, b - model.margin, c)
     assert flowed.flowed_to == c + model.margin and len(flowed.flowed) == 3
     for s, e in ((0, 40), (a - 30, a + 30), (b - 50, b + 20), (c - 60, c)):
         chunk = model.decode(flowed, s, e)
         assert _max_lsb(chunk, full[s * HOP : e * HOP]) <= MAX_LSB
+    whole = model.with_flow(flowed, c)
+    assert model.flowed_reach(whole, c) == frames and not model.needs_flow(whole, c)
     # A piece that does not follow on replaces what was flowed.
     apart = model.flow(latent, c, frames)
     assert apart is not None

@@ -98,6 +98,11 @@ class Latent:
         """Whether the flow has run over all of frames [lo, hi)."""
         return bool(self.flowed) and self.flowed_from <= lo and hi <= self.flowed_to
 
+    def flow_start(self, lo: int) -> int:
+        """Where a flow over frames from ``lo`` on begins: after what it covers already,
+        if that reaches ``lo`` (its pieces then follow on)."""
+        return self.flowed_to if self.covers(lo, lo) else lo
+
     def with_flowed(self, pieces: Sequence[FlowPiece]) -> Latent:
         """With ``pieces`` (consecutive) after what the flow covers, or instead of it if
         they do not follow on."""
@@ -643,10 +648,18 @@ class VitsModel:
         if not self.needs_flow(latent, start, end):
             return latent
         lo, hi = self._flow_span(latent, start, end)
-        if latent.flowed and latent.flowed_from <= lo <= latent.flowed_to:
-            lo = latent.flowed_to
-        piece = self.decoder.flow(latent, lo, hi)
+        piece = self.decoder.flow(latent, latent.flow_start(lo), hi)
         return latent if piece is None else latent.with_flowed([piece])
+
+    def flowed_reach(self, latent: Latent, start: int) -> int | None:
+        """The furthest end of a chunk from ``start`` whose decodes the flow covers already
+        (margins included); None if it does not cover ``start``'s."""
+        lo = self._flow_span(latent, start, start)[0]
+        if not latent.covers(lo, lo):
+            return None
+        if latent.flowed_to >= latent.num_frames:
+            return latent.num_frames
+        return max(start, latent.flowed_to - self.margin)
 
     def _flow_span(self, latent: Latent, start: int, end: int | None) -> tuple[int, int]:
         """Frames whose flow the decodes of chunk frames [start, end) read."""

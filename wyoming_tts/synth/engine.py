@@ -230,7 +230,7 @@ class Synthesizer:
                         parts=parts,
                     )
                     if pacing.started and model.needs_flow(latent, start, end):
-                        end = _flowed_end(latent, start, end, margin, parts)
+                        end = _flowed_end(model, latent, start, end, parts)
                         if model.needs_flow(latent, start, end):
                             latent = await run(model.with_flow, latent, start, end, urgent=urgent)
                 # The first window runs flow and vocoder in one decode.
@@ -244,9 +244,7 @@ class Synthesizer:
                     # Beside this chunk, the flow over what the next can take, in parts
                     # on the workers this chunk leaves free or is about to.
                     first = not pacing.started
-                    lo = max(0, end - margin)
-                    if latent.covers(lo, lo):  # go on from what is flowed already
-                        lo = latent.flowed_to
+                    lo = latent.flow_start(max(0, end - margin))
                     hi = min(total, flow_piece_end(end, total, margin=margin, first=first) + margin)
                     shares = max(1, parts - 1) if first else parts
                     flowing = [
@@ -347,15 +345,11 @@ def _decode(model: VitsModel, latent: Latent, start: int, end: int) -> tuple[Flo
     return model.decode(latent, start, end), time.perf_counter()
 
 
-def _flowed_end(latent: Latent, start: int, end: int, margin: int, parts: int) -> int:
+def _flowed_end(model: VitsModel, latent: Latent, start: int, end: int, parts: int) -> int:
     """The chunk [start, end) cut back to what the flow covers already, if that leaves
     one worth decoding: the flow beside the next chunk then covers the rest."""
-    if not latent.covers(max(0, start - margin), max(0, start - margin)):
-        return end
-    reach = (
-        latent.num_frames if latent.flowed_to >= latent.num_frames else latent.flowed_to - margin
-    )
-    if reach - start < parts * MIN_PART_FRAMES:
+    reach = model.flowed_reach(latent, start)
+    if reach is None or reach - start < parts * MIN_PART_FRAMES:
         return end
     return min(end, reach)
 
