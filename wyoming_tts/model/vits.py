@@ -28,7 +28,7 @@ import numpy as np
 import numpy.typing as npt
 from onnxruntime import InferenceSession, RunOptions, SessionOptions
 
-from ..runtime.ort import PROVIDERS
+from ..runtime.ort import ARENA_SHRINKAGE, PROVIDERS, new_run_options
 from .split import SplitModel, VocoderSplit, VocoderStage, split_voice_model
 
 _LOGGER = logging.getLogger(__name__)
@@ -46,8 +46,6 @@ _PROBE_IDS = (1, 0, 2, 0, 1, 0, 2)
 _PROBE_TOLERANCE = 2 / 32767
 #: Below this peak an utterance is silence, not something to normalise (piper's bound).
 _SILENT_PEAK = 1e-8
-#: The run option that shrinks the CPU arena at the end of each run.
-_ARENA_SHRINKAGE = "memory.enable_memory_arena_shrinkage"
 
 FloatArray = npt.NDArray[np.float32]
 
@@ -509,10 +507,8 @@ class VitsModel:
         # run without holding its peak between runs. Decoder runs may keep it instead
         # (keep_decoder_memory): no pages to fault in again, at the cost of holding the
         # arena's power-of-two growth for as long as the voice stays loaded.
-        run_options = RunOptions()
-        if session_options.enable_cpu_mem_arena:  # rejected by sessions without an arena
-            run_options.add_run_config_entry(_ARENA_SHRINKAGE, "cpu:0")
-        decoder_run = RunOptions() if keep_decoder_memory else run_options
+        run_options = new_run_options(shrink_arena=session_options.enable_cpu_mem_arena)
+        decoder_run = new_run_options(shrink_arena=False) if keep_decoder_memory else run_options
 
         def whole() -> VitsModel:
             frontend = session(model_path)
@@ -564,9 +560,7 @@ class VitsModel:
         frontend = InferenceSession(
             str(model_path), sess_options=session_options, providers=PROVIDERS
         )
-        run_options = RunOptions()
-        if session_options.enable_cpu_mem_arena:
-            run_options.add_run_config_entry(_ARENA_SHRINKAGE, "cpu:0")
+        run_options = new_run_options(shrink_arena=session_options.enable_cpu_mem_arena)
         decoder = WholeDecoder(frontend.get_outputs()[0].name, hop_length, margin, normalize=True)
         return cls(frontend, decoder, hop_length, run_options)
 
@@ -735,13 +729,11 @@ def _split_decoders(
 
 def _run_options_like(options: RunOptions) -> RunOptions:
     """New run options, not stopped, that shrink the arena as ``options`` do."""
-    fresh = RunOptions()
     try:
-        shrinkage = options.get_run_config_entry(_ARENA_SHRINKAGE)
+        shrinks = bool(options.get_run_config_entry(ARENA_SHRINKAGE))
     except RuntimeError:  # not set: onnxruntime raises for an absent key
-        return fresh
-    fresh.add_run_config_entry(_ARENA_SHRINKAGE, shrinkage)
-    return fresh
+        shrinks = False
+    return new_run_options(shrink_arena=shrinks)
 
 
 def _input_names(session: InferenceSession) -> frozenset[str]:

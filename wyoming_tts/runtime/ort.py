@@ -8,6 +8,8 @@ import onnxruntime
 #: This project builds and tests for the CPU only.
 PROVIDERS = ["CPUExecutionProvider"]
 
+#: The run option that hands the CPU arena's free regions back at the end of a run.
+ARENA_SHRINKAGE = "memory.enable_memory_arena_shrinkage"
 #: onnxruntime's arena growth strategies (`OrtArenaCfg`): each extension doubles the last.
 #: Extensions of just the size asked for held more (one voice +123 MB against +104 MB),
 #: as freed regions of one size fit few later requests.
@@ -87,6 +89,15 @@ def _options(
     return opts
 
 
+def new_run_options(*, shrink_arena: bool) -> onnxruntime.RunOptions:
+    """Options for runs that hand the arena's free regions back at their end, or keep
+    them (``shrink_arena`` is rejected by sessions opened without an arena)."""
+    options = onnxruntime.RunOptions()
+    if shrink_arena:
+        options.add_run_config_entry(ARENA_SHRINKAGE, "cpu:0")
+    return options
+
+
 def shrink_shared_arena() -> None:
     """Hand the shared arena's free regions back to the OS (all of them, when no run is in
     flight): onnxruntime shrinks an arena only at the end of a run that asks it to, so a
@@ -96,6 +107,4 @@ def shrink_shared_arena() -> None:
         sess_options=session_options(1, shared_arena=True),
         providers=PROVIDERS,
     )
-    run_options = onnxruntime.RunOptions()
-    run_options.add_run_config_entry("memory.enable_memory_arena_shrinkage", "cpu:0")
-    session.run(None, {"x": np.zeros(1, dtype=np.float32)}, run_options)
+    session.run(None, {"x": np.zeros(1, dtype=np.float32)}, new_run_options(shrink_arena=True))
