@@ -289,3 +289,55 @@ async def test_the_next_frontend_waits_until_the_rest_fits_one_chunk(
     third = min(r[3] for r in first if r[2] >= chunking.FIRST_CHUNK_FRAMES + 100)
     assert fronts[1][3] >= third
     assert fronts[1][3] < max(r[4] for r in first)
+
+
+async def test_a_short_sentence_has_the_next_frontend_beside_it(
+    voice: LoadedVoice, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Alone, the second sentence's frontend runs while the first's does (a worker would
+    be idle); beside another request it waits its turn. The audio is the same."""
+    runs: list[tuple[str, int, int, float, float]] = []
+    model = voice.model
+    monkeypatch.setattr(model, "frontend", _record(runs, "frontend", model.frontend))
+
+    def frontends_overlap() -> bool:
+        first, second = sorted((r for r in runs if r[0] == "frontend"), key=lambda r: r[3])
+        return second[3] < first[4]
+
+    alone, _ = await speak(voice, ORDINARY[:2])
+    assert frontends_overlap()
+    runs.clear()
+    beside, _ = await speak(voice, ORDINARY[:2], in_flight=2)
+    assert not frontends_overlap()
+    a = np.frombuffer(alone, dtype="<i2").astype(np.int32)
+    b = np.frombuffer(beside, dtype="<i2").astype(np.int32)
+    assert a.shape == b.shape
+    assert int(np.max(np.abs(a - b))) <= 2
+
+
+async def test_a_streamed_sentence_is_spoken_before_the_next_arrives(
+    voice: LoadedVoice,
+) -> None:
+    """Reading the next sentence ahead never holds back the one in hand."""
+    heard = asyncio.Event()
+
+    async def streamed() -> AsyncIterator[str]:
+        yield ORDINARY[0]
+        await heard.wait()  # the rest of the text comes only once audio has been heard
+        yield ORDINARY[1]
+
+    scheduler = Scheduler(workers=2)
+    stats = SpeechStats()
+    pieces: list[bytes] = []
+    try:
+        engine = Synthesizer(scheduler)
+        params = voice.params(None, 0.0, None, 0.0)
+        async with asyncio.timeout(30):
+            async for pcm in engine.speak(voice, params, streamed(), stats):
+                pieces.append(pcm)
+                heard.set()
+    finally:
+        await asyncio.to_thread(scheduler.shutdown)
+    assert stats.utterances == 2
+    seconds = len(b"".join(pieces)) / 2 / voice.sample_rate
+    assert 3.0 < seconds < 12.0

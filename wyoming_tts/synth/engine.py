@@ -16,6 +16,7 @@ thread.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import time
 from collections.abc import AsyncGenerator, AsyncIterable, Callable, Sequence
@@ -39,6 +40,11 @@ from .chunking import (
     rest_fits_one_chunk,
 )
 from .phrases import PhraseCache
+
+#: Phoneme ids of an utterance after which the next one's frontend may begin before this
+#: one's has ended: ~4.3 s of speech (the bundled voice speaks 23-29 ms an id), the audio
+#: Home Assistant's ffmpeg step gathers before a satellite hears anything.
+EARLY_FRONTEND_MAX_IDS = 170
 
 
 @dataclass
@@ -282,8 +288,13 @@ class Synthesizer:
             # Seeded noise differs by position, so a repeat is other audio; a voice served
             # whole is normalised per utterance, so not as loud as its split voice will be.
             phrases = None
+        texts = _ReadAhead(sentences)
+        queued: collections.deque[_Queued] = collections.deque()
         n = position = 0
-        async for sentence in sentences:
+
+        async def take(sentence: str) -> None:
+            """Queue one sentence's utterances: its cached audio, or its phoneme ids."""
+            nonlocal n, position
             stats.characters += len(sentence)
             n += 1
             key = None
@@ -293,8 +304,8 @@ class Synthesizer:
                 cached = phrases.get(key)
                 if cached is not None:
                     stats.phrase_hits += 1
-                    yield _Utterance(n, starts_sentence=True, ends_sentence=True, cached=cached)
-                    continue
+                    queued.append(_Queued(_Utterance(n, True, True, cached=cached)))
+                    return
                 stats.phrase_misses += 1
             id_lists = await run(voice.phoneme_ids, sentence, urgent=not pacing.started)
             for i, ids in enumerate(id_lists):
@@ -302,7 +313,36 @@ class Synthesizer:
                 if params.seed is not None:  # seeded from the text and its place in it
                     these = replace(params, seed=utterance_seed(params.seed, sentence, position))
                 position += 1
-                latent = await run(voice.frontend, ids, these, urgent=not pacing.started)
+                utterance = _Utterance(n, i == 0, i == len(id_lists) - 1, key=key)
+                queued.append(_Queued(utterance, ids, these))
+
+        def frontend(item: _Queued) -> asyncio.Future[Latent]:
+            if item.frontend is None:
+                work = run(voice.frontend, item.ids, item.params, urgent=not pacing.started)
+                item.frontend = asyncio.ensure_future(work)
+            return item.frontend
+
+        try:
+            while True:
+                if not queued:
+                    if (sentence := await texts.next()) is None:
+                        break
+                    await take(sentence)
+                    continue
+                item = queued.popleft()
+                if item.ids is None:
+                    yield item.utterance
+                    continue
+                this = frontend(item)
+                if self._early_frontend(model, item):
+                    # A worker would sit idle through this frontend (a lone reply's every
+                    # step waits on it): the next utterance's runs beside it, if its text
+                    # is in hand.
+                    if not queued and texts.ready() and (sentence := await texts.next()):
+                        await take(sentence)
+                    if queued and queued[0].ids is not None:
+                        frontend(queued[0])
+                latent = await this
                 if pacing.started and latent.num_frames > 0 and model.needs_flow(latent):
                     # Audio already flows, so this utterance needs no first window: its
                     # first piece of flow runs now, in the lookahead, beside the decode of
@@ -311,8 +351,66 @@ class Synthesizer:
                     latent = await run(model.with_flow, latent, 0, piece)
                 if latent.num_frames > 0:
                     stats.utterances += 1
-                    last = i == len(id_lists) - 1
-                    yield _Utterance(n, i == 0, last, latent=latent, key=key)
+                    yield replace(item.utterance, latent=latent)
+        finally:
+            _drop([item.frontend for item in queued if item.frontend is not None])
+            await texts.aclose()
+
+    def _early_frontend(self, model: VitsModel, item: _Queued) -> bool:
+        """Whether the next utterance's frontend may run beside ``item``'s: with a worker
+        to spare, and when ``item`` is short enough that the next one's audio is heard
+        within Home Assistant's first ~4.6 s (else it would only delay this one's decode)."""
+        return (
+            model.windowed
+            and self._scheduler.workers_per_request > 1
+            and len(item.ids or ()) <= EARLY_FRONTEND_MAX_IDS
+        )
+
+
+@dataclass
+class _Queued:
+    """An utterance whose text is known, before its frontend has run (or a cached one)."""
+
+    utterance: _Utterance
+    ids: Sequence[int] | None = None
+    params: SynthParams | None = None
+    frontend: asyncio.Future[Latent] | None = None
+    """Begun early when a worker would otherwise be idle."""
+
+
+class _ReadAhead:
+    """A text's sentences, each next one read while the last is being worked on, so
+    whether it is already in hand can be asked without waiting for it."""
+
+    def __init__(self, sentences: AsyncIterable[str]) -> None:
+        self._sentences = aiter(sentences)
+        self._next: asyncio.Future[str | None] | None = None
+
+    def _read(self) -> asyncio.Future[str | None]:
+        if self._next is None:
+            self._next = asyncio.ensure_future(anext(self._sentences, None))
+        return self._next
+
+    def ready(self) -> bool:
+        """The next sentence (or the text's end) can be had at once."""
+        return self._next is not None and self._next.done()
+
+    async def next(self) -> str | None:
+        """The next sentence; None at the text's end."""
+        reading, self._next = self._read(), None
+        sentence = await reading
+        if sentence is not None:
+            self._read()
+        return sentence
+
+    async def aclose(self) -> None:
+        if self._next is not None:
+            self._next.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._next
+        closing = getattr(self._sentences, "aclose", None)
+        if closing is not None:
+            await closing()
 
 
 class _Lookahead:
