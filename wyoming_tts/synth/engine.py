@@ -5,7 +5,8 @@ decoder then runs over the frames in chunks (`chunking.plan_chunk`). The first
 chunk runs flow and vocoder over a window, so audio leaves at once; beside each
 chunk the flow runs over the frames the next can take (`chunking.flow_piece_end`),
 so each later chunk is vocoder only. The next utterance's frontend runs while this
-one decodes, once this one is not short of audio.
+one decodes, once this one is not short of audio; for a short utterance alone on the
+server, beside this one's own frontend (a worker would otherwise be idle).
 
 Backpressure: `speak` is an async generator, so no chunk is computed before the
 consumer has taken the one before it. Cancellation: closing the generator stops
@@ -392,8 +393,15 @@ class _ReadAhead:
         return self._next
 
     def ready(self) -> bool:
-        """The next sentence (or the text's end) can be had at once."""
-        return self._next is not None and self._next.done()
+        """The next sentence (or the text's end) can be had at once; a failed read is not
+        ready, so its error surfaces where the sentence would have been needed anyway."""
+        reading = self._next
+        return (
+            reading is not None
+            and reading.done()
+            and not reading.cancelled()
+            and reading.exception() is None
+        )
 
     async def next(self) -> str | None:
         """The next sentence; None at the text's end."""
