@@ -8,6 +8,7 @@ from hypothesis import strategies as st
 from wyoming_tts.synth.chunking import (
     FIRST_CHUNK_FRAMES,
     FIRST_FLOW_FRAMES,
+    HEARD_SECONDS,
     LOW_WATER,
     MAX_CHUNK_FRAMES,
     MAX_FIRST_CHUNK_FACTOR,
@@ -16,6 +17,7 @@ from wyoming_tts.synth.chunking import (
     PREFETCH_AHEAD,
     Pacing,
     flow_piece_end,
+    heard_cut,
     next_frame_cost,
     plan_chunk,
     plan_parts,
@@ -169,3 +171,22 @@ def test_parts_cover_the_chunk_exactly(start: int, frames: int, parts: int) -> N
     assert all(spans[i][1] == spans[i + 1][0] for i in range(len(spans) - 1))
     assert len(spans) == 1 or all(b - a >= MIN_PART_FRAMES for a, b in spans)
     assert len(spans) <= parts
+
+
+FRAME = 256 / 22050
+
+
+def test_a_chunk_that_crosses_what_ffmpeg_gathers_ends_there() -> None:
+    """The frame where the audio reaches HEARD_SECONDS ends the chunk that would cross it."""
+    produced = 3.0
+    end = heard_cut(100, 400, produced, FRAME)
+    assert 100 < end < 400
+    assert produced + (end - 100) * FRAME >= HEARD_SECONDS
+    assert produced + (end - 101) * FRAME < HEARD_SECONDS
+
+
+def test_chunks_before_after_or_a_crumb_short_of_it_are_left_alone() -> None:
+    assert heard_cut(0, 100, 0.2, FRAME) == 100  # ends before 4.6 s
+    assert heard_cut(500, 800, HEARD_SECONDS + 0.1, FRAME) == 800  # already heard
+    needed = round((HEARD_SECONDS - 3.0) / FRAME)
+    assert heard_cut(0, needed + FIRST_CHUNK_FRAMES - 2, 3.0, FRAME) == needed + 14

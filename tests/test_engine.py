@@ -18,7 +18,7 @@ from piper.voice import PiperVoice
 from wyoming_tts.audio import fade_in, fade_out, to_pcm16
 from wyoming_tts.runtime.scheduler import Scheduler
 from wyoming_tts.synth import chunking
-from wyoming_tts.synth.engine import Envelope, SpeechStats, Synthesizer
+from wyoming_tts.synth.engine import EARLY_FRONTEND_MAX_IDS, Envelope, SpeechStats, Synthesizer
 from wyoming_tts.voices.loader import LoadedVoice
 
 from .conftest import rms_dbfs
@@ -273,8 +273,9 @@ async def test_the_next_frontend_waits_until_the_rest_fits_one_chunk(
     model = voice.model
     monkeypatch.setattr(model, "decode", _record(runs, "decode", model.decode))
     monkeypatch.setattr(model, "frontend", _record(runs, "frontend", model.frontend))
+    # No clause mark: a reply's first utterance would end at one (`lead_ids`).
     first_sentence = (
-        "Tomorrow will be cloudy in the morning, with a high of fourteen degrees later, "
+        "Tomorrow will be cloudy in the morning with a high of fourteen degrees later "
         "and a little rain in the evening over the hills."
     )
     await speak(voice, [first_sentence, ORDINARY[2]], max_chunk_frames=300)
@@ -341,3 +342,54 @@ async def test_a_streamed_sentence_is_spoken_before_the_next_arrives(
     assert stats.utterances == 2
     seconds = len(b"".join(pieces)) / 2 / voice.sample_rate
     assert 3.0 < seconds < 12.0
+
+
+LIGHTHOUSE = (
+    "The old lighthouse stood at the end of a narrow spit of land, where the river met the "
+    "sea and the water changed colour from brown to a deep and restless green."
+)
+
+
+async def _chunk_seconds(voice: LoadedVoice, sentences: list[str]) -> tuple[list[float], int]:
+    """Seconds of audio in each piece a lone reply yields, and its utterance count."""
+    scheduler = Scheduler(workers=2)
+    stats = SpeechStats()
+    params = voice.params(None, 0.0, None, 0.0)
+    seconds: list[float] = []
+    try:
+        engine = Synthesizer(scheduler)
+        async for pcm in engine.speak(voice, params, iterate(sentences), stats):
+            seconds.append(len(pcm) / 2 / voice.sample_rate)
+    finally:
+        await asyncio.to_thread(scheduler.shutdown)
+    return seconds, stats.utterances
+
+
+async def test_a_long_reply_has_a_chunk_end_where_ffmpeg_starts(voice: LoadedVoice) -> None:
+    """Home Assistant's ffmpeg plays nothing until it has 4.6 s: a chunk ends there, so
+    no audio past it is computed before a satellite can hear the reply."""
+    seconds, _ = await _chunk_seconds(voice, [LIGHTHOUSE, ORDINARY[1]])
+    ends = np.cumsum(seconds)
+    assert ends[-1] > 8.0
+    frame = voice.hop_length / voice.sample_rate
+    assert any(
+        chunking.HEARD_SECONDS <= end < chunking.HEARD_SECONDS + 2 * frame for end in ends
+    ), ends
+
+
+async def test_a_reply_s_first_sentence_ends_its_first_utterance_at_a_clause(
+    voice: LoadedVoice,
+) -> None:
+    """The first sentence's frontend is on the critical path: its first utterance ends at
+    a clause. The same sentence later in the reply is one utterance; the audio of both is
+    continuous speech of the same length, within a few frames."""
+    (whole,) = voice.phoneme_ids(LIGHTHOUSE)
+    seconds, utterances = await _chunk_seconds(voice, [LIGHTHOUSE])
+    assert utterances == 2
+    later, later_utterances = await _chunk_seconds(voice, [ORDINARY[0], LIGHTHOUSE])
+    assert later_utterances == 2  # one each
+    short, _ = await _chunk_seconds(voice, [ORDINARY[0]])
+    assert abs(sum(seconds) - (sum(later) - sum(short))) < 0.5
+    got, _ = await speak(voice, [LIGHTHOUSE])
+    assert rms_dbfs(np.frombuffer(got, dtype="<i2")) > -35
+    assert len(whole) > EARLY_FRONTEND_MAX_IDS

@@ -47,3 +47,20 @@ def test_stream_without_boundaries_is_bounded() -> None:
     out.extend(splitter.finish())
     assert all(len(p) <= 100 for p in out)
     assert sum(p.count("word") for p in out) == 2000
+
+
+def test_a_leading_utterance_ends_at_its_clause_and_never_mid_clause(voice: LoadedVoice) -> None:
+    """With lead_ids, a long first utterance ends at its last clause mark within them."""
+    sentence = (
+        "The old lighthouse stood at the end of a narrow spit of land, where the river met "
+        "the sea and the water changed colour from brown to a deep and restless green."
+    )
+    (whole,) = voice.phoneme_ids(sentence)
+    lead, rest = voice.phoneme_ids(sentence, lead_ids=170)
+    assert len(lead) <= 170 < len(whole)
+    comma = voice.phonemizer.config.phoneme_id_map[","][0]
+    assert comma in lead[-4:]  # the clause mark, then the pad and EOS
+    assert len(lead) + len(rest) in range(len(whole) - 4, len(whole) + 5)
+    no_clause = sentence.replace(",", "")
+    assert len(voice.phoneme_ids(no_clause, lead_ids=170)) == 1
+    assert len(voice.phoneme_ids("The kettle began to sing.", lead_ids=170)) == 1

@@ -10,6 +10,7 @@ the total compute stays close to one unchunked decode. `plan_chunk` is pure;
 from __future__ import annotations
 
 import itertools
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -31,6 +32,9 @@ LOW_WATER = 0.5
 #: worker while this utterance still has more than one chunk to go. Home Assistant's
 #: ffmpeg step plays nothing until it has ~4.6 s: a reply's own chunks come first till then.
 PREFETCH_AHEAD = 5.0
+#: Seconds of audio Home Assistant's ffmpeg step gathers before a satellite hears anything
+#: of a longer reply: the chunk that would cross it ends at it (`heard_cut`).
+HEARD_SECONDS = 4.6
 #: Fewest frames in one part of a chunk shared between idle workers: each part decodes
 #: its own margins, so smaller parts cost more than running them together saves.
 MIN_PART_FRAMES = 32
@@ -80,6 +84,19 @@ def plan_chunk(
         # workers would be decoded by one of them while the others wait.
         end = total
     return min(end, total)
+
+
+def heard_cut(start: int, end: int, produced: float, frame_seconds: float) -> int:
+    """``end``, or the frame where the audio reaches HEARD_SECONDS if the chunk crosses it.
+
+    A satellite hears a long reply once ffmpeg has HEARD_SECONDS of it, so what lies past
+    that point in the same chunk only delays it; the rest comes in the next chunk. Not for
+    a crumb: a rest under FIRST_CHUNK_FRAMES stays in this chunk (`plan_chunk`).
+    """
+    if produced >= HEARD_SECONDS:
+        return end
+    reach = start + max(1, math.ceil((HEARD_SECONDS - produced) / frame_seconds))
+    return reach if reach <= end - FIRST_CHUNK_FRAMES else end
 
 
 def plan_parts(

@@ -28,7 +28,7 @@ from ..audio import SAMPLE_WIDTH, fade_in, fade_out, silence, to_pcm16
 from ..model.noise import utterance_seed
 from ..model.vits import FloatArray, FlowPiece, Latent, VitsModel
 from ..runtime.scheduler import Scheduler
-from ..voices.loader import LoadedVoice, SynthParams
+from ..voices.loader import MAX_UTTERANCE_IDS, LoadedVoice, SynthParams
 from .chunking import (
     INITIAL_FRAME_COST,
     MIN_FLOW_PART_FRAMES,
@@ -36,6 +36,7 @@ from .chunking import (
     Pacing,
     fixed_chunk,
     flow_piece_end,
+    heard_cut,
     plan_chunk,
     plan_parts,
     rest_fits_one_chunk,
@@ -211,6 +212,7 @@ class Synthesizer:
         """
         model, run = voice.model, self._scheduler.run
         start, total, margin = 0, latent.num_frames, model.margin
+        frame_seconds = voice.hop_length / voice.sample_rate
         flowing: list[asyncio.Future[FlowPiece | None]] = []
         try:
             while start < total:
@@ -236,6 +238,8 @@ class Synthesizer:
                         requests_in_flight=self._scheduler.active_requests,
                         parts=parts,
                     )
+                    if pacing.started:
+                        end = heard_cut(start, end, pacing.produced, frame_seconds)
                     if pacing.started and model.needs_flow(latent, start, end):
                         end = _flowed_end(model, latent, start, end, parts)
                         if model.needs_flow(latent, start, end):
@@ -308,7 +312,13 @@ class Synthesizer:
                     queued.append(_Queued(_Utterance(n, True, True, cached=cached)))
                     return
                 stats.phrase_misses += 1
-            id_lists = await run(voice.phoneme_ids, sentence, urgent=not pacing.started)
+            # A reply's first sentence ends its first utterance at a clause within
+            # EARLY_FRONTEND_MAX_IDS: that frontend is on the critical path, and the rest's
+            # then runs beside it.
+            lead = EARLY_FRONTEND_MAX_IDS if n == 1 else 0
+            id_lists = await run(
+                voice.phoneme_ids, sentence, MAX_UTTERANCE_IDS, lead, urgent=not pacing.started
+            )
             for i, ids in enumerate(id_lists):
                 these = params
                 if params.seed is not None:  # seeded from the text and its place in it

@@ -45,6 +45,8 @@ KEEP_ALIVE_TEXT = "Ok."
 #: Most phoneme ids per utterance (~250 characters); longer sentences are split at clauses,
 #: then words. The text encoder's time and memory grow with its square (600: ~55 MB).
 MAX_UTTERANCE_IDS = 600
+#: Phonemes after which a speaker pauses within a sentence: where an utterance may be cut.
+_CLAUSE_MARKS = (",", ";", ":")
 #: Largest vocoder chunk in frames the engine asks for (~0.05 MB of working memory each,
 #: plus 24 frames of overlap per call); warm-up grows kept decoder memory to it.
 MAX_CHUNK_FRAMES = 300
@@ -138,13 +140,21 @@ class LoadedVoice:
             speaker_id=speaker_id if cfg.num_speakers > 1 else None,
         )
 
-    def phoneme_ids(self, text: str, max_ids: int = MAX_UTTERANCE_IDS) -> list[list[int]]:
-        """Utterances for one piece of text, none longer than max_ids."""
+    def phoneme_ids(
+        self, text: str, max_ids: int = MAX_UTTERANCE_IDS, lead_ids: int = 0
+    ) -> list[list[int]]:
+        """Utterances for one piece of text, none longer than max_ids.
+
+        With ``lead_ids``, a first utterance longer than that ends at its last clause
+        mark within it, if it has one: a reply's first frontend is on its critical path.
+        """
         utterances: list[list[int]] = []
         for phonemes in self.phonemizer.phonemize(text):
             # Each phoneme costs its id plus a pad; BOS, pad and EOS frame the utterance.
             limit = max(1, (max_ids - 3) // 2)
             pending = _cap_phonemes(phonemes, limit)
+            if lead_ids and not utterances and pending:
+                pending[:1] = _lead_clause(pending[0], max(1, (lead_ids - 3) // 2))
             while pending:
                 piece = pending.pop(0)
                 if not _has_speech(piece):
@@ -197,6 +207,23 @@ def _has_speech(phonemes: Sequence[str]) -> bool:
     return any(p.strip() and p not in ",.;:!?¡¿—…\"'()-" for p in phonemes)
 
 
+def _lead_clause(phonemes: list[str], limit: int) -> list[list[str]]:
+    """The phonemes cut after their last clause mark within limit, if longer and it has one.
+
+    Only at a clause mark, where a speaker pauses anyway: never at a word gap.
+    """
+    if len(phonemes) <= limit:
+        return [phonemes]
+    for i in range(min(limit, len(phonemes) - 1) - 1, limit // 3, -1):
+        if phonemes[i] in _CLAUSE_MARKS:
+            rest = phonemes[i + 1 :]
+            while rest and rest[0] == " ":
+                rest = rest[1:]
+            if _has_speech(rest):
+                return [phonemes[: i + 1], rest]
+    return [phonemes]
+
+
 def _cap_phonemes(phonemes: list[str], limit: int) -> list[list[str]]:
     """Split a phoneme list at clause marks, then word gaps, into pieces of at most limit."""
     if len(phonemes) <= limit:
@@ -206,7 +233,7 @@ def _cap_phonemes(phonemes: list[str], limit: int) -> list[list[str]]:
     while len(rest) > limit:
         window = rest[:limit]
         cut = -1
-        for marks in ((",", ";", ":"), (" ",)):
+        for marks in (_CLAUSE_MARKS, (" ",)):
             for i in range(len(window) - 1, limit // 3, -1):
                 if window[i] in marks:
                     cut = i + 1
