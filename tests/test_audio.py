@@ -1,10 +1,11 @@
-"""Samples on their way to the listener: the soft limiter."""
+"""Samples on their way to the listener: the soft limiter, the framer."""
 
 from __future__ import annotations
 
 import numpy as np
+from wyoming.audio import AudioChunk
 
-from wyoming_tts.audio import soft_limit
+from wyoming_tts.audio import AudioFramer, soft_limit
 
 
 def test_limiter_never_clips() -> None:
@@ -14,3 +15,12 @@ def test_limiter_never_clips() -> None:
     assert np.all(np.diff(y) >= 0)  # monotonic: no distortion folds
     small = np.array([0.5, -0.85], dtype=np.float32)
     assert np.array_equal(soft_limit(small), small)
+
+
+def test_framer_sends_each_piece_whole_in_chunks_of_at_most_its_size() -> None:
+    framer = AudioFramer(rate=1000, samples_per_chunk=1024)
+    first = [AudioChunk.from_event(e) for e in framer.push(bytes(2 * 1500))]
+    second = [AudioChunk.from_event(e) for e in framer.push(bytes(2 * 100))]
+    assert [len(c.audio) // 2 for c in first + second] == [1024, 476, 100]
+    assert [c.timestamp for c in first + second] == [0, 1024, 1500]
+    assert framer.stop().data["timestamp"] == 1600

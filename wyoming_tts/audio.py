@@ -8,7 +8,7 @@ fixed per-voice gain (calibrated at load) and a soft limiter that never clips.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 from wyoming.audio import AudioChunk, AudioStart, AudioStop
@@ -69,17 +69,18 @@ def silence(seconds: float, sample_rate: int) -> bytes:
 
 @dataclass
 class AudioFramer:
-    """Cuts PCM into `audio-chunk` events of exactly `samples_per_chunk` (the last may be shorter).
+    """Cuts PCM into `audio-chunk` events of at most `samples_per_chunk` samples.
 
     Owns the response's one `audio-start` and its timestamps, so every chunk of a
-    response, whatever sentence it came from, has the same format.
+    response, whatever sentence it came from, has the same format. A piece is sent in
+    full, its short end too (as wyoming-piper ends each sentence): audio held back until
+    the next piece is made would delay the moment Home Assistant's ffmpeg has enough.
     """
 
     rate: int
     samples_per_chunk: int
     started: bool = False
     stopped: bool = False
-    _pending: bytearray = field(default_factory=bytearray)
     _samples_sent: int = 0
 
     def start(self) -> Event | None:
@@ -89,17 +90,10 @@ class AudioFramer:
         return AudioStart(rate=self.rate, width=SAMPLE_WIDTH, channels=CHANNELS).event()
 
     def push(self, pcm: bytes) -> Iterator[Event]:
-        """Whole chunks from what has accumulated; the remainder waits for more."""
-        self._pending.extend(pcm)
+        """The piece's chunks, the last one shorter if it does not divide evenly."""
         chunk_bytes = self.samples_per_chunk * SAMPLE_WIDTH * CHANNELS
-        while len(self._pending) >= chunk_bytes:
-            yield self._chunk(bytes(self._pending[:chunk_bytes]))
-            del self._pending[:chunk_bytes]
-
-    def flush(self) -> Iterator[Event]:
-        if self._pending:
-            yield self._chunk(bytes(self._pending))
-            self._pending.clear()
+        for offset in range(0, len(pcm), chunk_bytes):
+            yield self._chunk(pcm[offset : offset + chunk_bytes])
 
     def stop(self) -> Event:
         self.stopped = True

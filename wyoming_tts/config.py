@@ -281,7 +281,7 @@ class Settings:
         group="synthesis",
     )
     samples_per_chunk: int = _opt(
-        1024, "Samples per `audio-chunk` event (as in wyoming-piper).", group="synthesis"
+        1024, "Most samples per `audio-chunk` event (as in wyoming-piper).", group="synthesis"
     )
     auto_punctuation: str = _opt(
         ".?!。？！．؟",

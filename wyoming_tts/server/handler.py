@@ -298,8 +298,6 @@ class Connection:
                         await self._send(start)
                     for event in framer.push(pcm):
                         await self._send(event)
-                for event in framer.flush():
-                    await self._send(event)
             await self._close_audio(framer)
             if streamed:
                 await self._send(SynthesizeStopped().event())
