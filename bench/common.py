@@ -35,13 +35,11 @@ REPO = Path(__file__).resolve().parent.parent
 # The benchmarks use the tests' own helpers (the bundled voice under other names, ports).
 sys.path.insert(0, str(REPO))
 from tests.conftest import free_port, link_voice  # noqa: E402
+from wyoming_tts.audio import ffmpeg_gathers  # noqa: E402
 
 HOST = "127.0.0.1"
 DEFAULT_VOICE = "en_US-joe-medium"
 EXTRA_VOICES = ("en_US-a-medium", "en_US-b-medium", "en_US-c-medium")
-#: Home Assistant's ffmpeg step emits nothing until it has this much audio, or the reply
-#: ends: what a satellite hears first is our time to this much audio (measured in HA).
-HEARD_AUDIO_SECONDS = 4.6
 #: A household rotating between three voices, the default among them.
 ROTATION_VOICES = (DEFAULT_VOICE, "en_US-a-medium", "en_US-b-medium")
 
@@ -262,7 +260,8 @@ class Result:
     ok: bool = False
     ttfa: float | None = None
     heard: float | None = None
-    """Time until HEARD_AUDIO_SECONDS of audio had arrived, or the end of a shorter reply."""
+    """Time until what HA's ffmpeg gathers had arrived (4.644 s at 22050 Hz,
+    `wyoming_tts.audio.ffmpeg_gathers`), or the end of a shorter reply."""
     total: float | None = None
     audio_seconds: float = 0.0
     chunks: int = 0
@@ -339,7 +338,8 @@ async def speak(
                 result.audio_seconds += len(chunk.audio) / (
                     chunk.rate * chunk.width * chunk.channels
                 )
-                if result.heard is None and result.audio_seconds >= HEARD_AUDIO_SECONDS:
+                gathers = ffmpeg_gathers(chunk.rate) / chunk.rate
+                if result.heard is None and result.audio_seconds >= gathers:
                     result.heard = now - t0
             elif AudioStart.is_type(event.type):
                 pass

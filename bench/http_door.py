@@ -27,12 +27,12 @@ from typing import Any
 import aiohttp
 from common import (
     DEFAULT_VOICE,
-    HEARD_AUDIO_SECONDS,
     HOST,
     REPO,
     Result,
     Server,
     ServerSpec,
+    ffmpeg_gathers,
     free_port,
     make_voice_dir,
     ratio,
@@ -63,6 +63,7 @@ async def speak_http(base: str, door: str, text: str, timeout: float) -> Result:
                     result.error, result.error_code = error["message"], error["code"]
                     return result
                 bytes_per_second = int(resp.headers["X-Sample-Rate"]) * 2
+                gathers = ffmpeg_gathers(bytes_per_second // 2) * 2
                 received = -header
                 async for data in resp.content.iter_any():
                     now = time.perf_counter()
@@ -72,7 +73,7 @@ async def speak_http(base: str, door: str, text: str, timeout: float) -> Result:
                     result.chunks += 1
                     if result.ttfa is None:
                         result.ttfa = now - t0
-                    if result.heard is None and received >= HEARD_AUDIO_SECONDS * bytes_per_second:
+                    if result.heard is None and received >= gathers:
                         result.heard = now - t0
             result.total = time.perf_counter() - t0
             result.heard = result.heard or result.total  # a shorter reply: its end

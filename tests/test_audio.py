@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 from wyoming.audio import AudioChunk
 
-from wyoming_tts.audio import AudioFramer, soft_limit
+from wyoming_tts.audio import AudioFramer, ffmpeg_gathers, soft_limit
 
 
 def test_limiter_never_clips() -> None:
@@ -24,3 +24,10 @@ def test_framer_sends_each_piece_whole_in_chunks_of_at_most_its_size() -> None:
     assert [len(c.audio) // 2 for c in first + second] == [1024, 476, 100]
     assert [c.timestamp for c in first + second] == [0, 1024, 1500]
     assert framer.stop().data["timestamp"] == 1600
+
+
+def test_what_ha_s_ffmpeg_gathers_follows_its_packets_not_a_fixed_time() -> None:
+    """Measured with Home Assistant's argv and ffmpeg 9.0 (WAV, FLAC and MP3 alike)."""
+    measured = {22050: 4.644, 16000: 3.2, 24000: 4.267, 44100: 4.644, 48000: 4.267, 8000: 4.096}
+    for rate, seconds in measured.items():
+        assert abs(ffmpeg_gathers(rate) / rate - seconds) < 0.001, rate

@@ -8,7 +8,6 @@ from hypothesis import strategies as st
 from wyoming_tts.synth.chunking import (
     FIRST_CHUNK_FRAMES,
     FIRST_FLOW_FRAMES,
-    HEARD_SECONDS,
     LOW_WATER,
     MAX_CHUNK_FRAMES,
     MAX_FIRST_CHUNK_FACTOR,
@@ -173,20 +172,24 @@ def test_parts_cover_the_chunk_exactly(start: int, frames: int, parts: int) -> N
     assert len(spans) <= parts
 
 
-FRAME = 256 / 22050
+HOP = 256
+HEARD = 102400  # what HA's ffmpeg gathers at 22050 Hz (audio.ffmpeg_gathers)
 
 
 def test_a_chunk_that_crosses_what_ffmpeg_gathers_ends_there() -> None:
-    """The frame where the audio reaches HEARD_SECONDS ends the chunk that would cross it."""
-    produced = 3.0
-    end = heard_cut(100, 400, produced, FRAME)
+    """The first frame whose audio reaches HEARD ends the chunk that would cross it."""
+    produced = 3 * 22050
+    end = heard_cut(100, 400, produced, HEARD, HOP)
     assert 100 < end < 400
-    assert produced + (end - 100) * FRAME >= HEARD_SECONDS
-    assert produced + (end - 101) * FRAME < HEARD_SECONDS
+    assert produced + (end - 100) * HOP >= HEARD
+    assert produced + (end - 101) * HOP < HEARD
 
 
 def test_chunks_before_after_or_a_crumb_short_of_it_are_left_alone() -> None:
-    assert heard_cut(0, 100, 0.2, FRAME) == 100  # ends before 4.6 s
-    assert heard_cut(500, 800, HEARD_SECONDS + 0.1, FRAME) == 800  # already heard
-    needed = round((HEARD_SECONDS - 3.0) / FRAME)
-    assert heard_cut(0, needed + FIRST_CHUNK_FRAMES - 2, 3.0, FRAME) == needed + 14
+    assert heard_cut(0, 100, 4410, HEARD, HOP) == 100  # ends before it
+    assert heard_cut(500, 800, HEARD + 2205, HEARD, HOP) == 800  # already heard
+    needed = -(-(HEARD - 3 * 22050) // HOP)
+    assert heard_cut(0, needed + FIRST_CHUNK_FRAMES - 2, 3 * 22050, HEARD, HOP) == (
+        needed + FIRST_CHUNK_FRAMES - 2
+    )
+    assert heard_cut(0, needed + FIRST_CHUNK_FRAMES, 3 * 22050, HEARD, HOP) == needed

@@ -15,7 +15,7 @@ import pytest
 from piper.config import SynthesisConfig
 from piper.voice import PiperVoice
 
-from wyoming_tts.audio import fade_in, fade_out, to_pcm16
+from wyoming_tts.audio import fade_in, fade_out, ffmpeg_gathers, to_pcm16
 from wyoming_tts.runtime.scheduler import Scheduler
 from wyoming_tts.synth import chunking
 from wyoming_tts.synth.engine import EARLY_FRONTEND_MAX_IDS, Envelope, SpeechStats, Synthesizer
@@ -350,31 +350,29 @@ LIGHTHOUSE = (
 )
 
 
-async def _chunk_seconds(voice: LoadedVoice, sentences: list[str]) -> tuple[list[float], int]:
-    """Seconds of audio in each piece a lone reply yields, and its utterance count."""
+async def _chunk_samples(voice: LoadedVoice, sentences: list[str]) -> tuple[list[int], int]:
+    """Samples in each piece a lone reply yields, and its utterance count."""
     scheduler = Scheduler(workers=2)
     stats = SpeechStats()
     params = voice.params(None, 0.0, None, 0.0)
-    seconds: list[float] = []
+    samples: list[int] = []
     try:
         engine = Synthesizer(scheduler)
         async for pcm in engine.speak(voice, params, iterate(sentences), stats):
-            seconds.append(len(pcm) / 2 / voice.sample_rate)
+            samples.append(len(pcm) // 2)
     finally:
         await asyncio.to_thread(scheduler.shutdown)
-    return seconds, stats.utterances
+    return samples, stats.utterances
 
 
 async def test_a_long_reply_has_a_chunk_end_where_ffmpeg_starts(voice: LoadedVoice) -> None:
-    """Home Assistant's ffmpeg plays nothing until it has 4.6 s: a chunk ends there, so
-    no audio past it is computed before a satellite can hear the reply."""
-    seconds, _ = await _chunk_seconds(voice, [LIGHTHOUSE, ORDINARY[1]])
-    ends = np.cumsum(seconds)
-    assert ends[-1] > 8.0
-    frame = voice.hop_length / voice.sample_rate
-    assert any(
-        chunking.HEARD_SECONDS <= end < chunking.HEARD_SECONDS + 2 * frame for end in ends
-    ), ends
+    """Home Assistant's ffmpeg plays nothing until it has read 4.644 s at 22050 Hz: a
+    chunk ends there, so no audio past it is computed before a satellite can hear it."""
+    samples, _ = await _chunk_samples(voice, [LIGHTHOUSE, ORDINARY[1]])
+    ends = np.cumsum(samples)
+    assert ends[-1] > 8.0 * voice.sample_rate
+    heard = ffmpeg_gathers(voice.sample_rate)
+    assert any(heard <= end < heard + voice.hop_length for end in ends), ends
 
 
 async def test_a_reply_s_first_sentence_ends_its_first_utterance_at_a_clause(
@@ -384,12 +382,12 @@ async def test_a_reply_s_first_sentence_ends_its_first_utterance_at_a_clause(
     a clause. The same sentence later in the reply is one utterance; the audio of both is
     continuous speech of the same length, within a few frames."""
     (whole,) = voice.phoneme_ids(LIGHTHOUSE)
-    seconds, utterances = await _chunk_seconds(voice, [LIGHTHOUSE])
+    samples, utterances = await _chunk_samples(voice, [LIGHTHOUSE])
     assert utterances == 2
-    later, later_utterances = await _chunk_seconds(voice, [ORDINARY[0], LIGHTHOUSE])
+    later, later_utterances = await _chunk_samples(voice, [ORDINARY[0], LIGHTHOUSE])
     assert later_utterances == 2  # one each
-    short, _ = await _chunk_seconds(voice, [ORDINARY[0]])
-    assert abs(sum(seconds) - (sum(later) - sum(short))) < 0.5
+    short, _ = await _chunk_samples(voice, [ORDINARY[0]])
+    assert abs(sum(samples) - (sum(later) - sum(short))) < 0.5 * voice.sample_rate
     got, _ = await speak(voice, [LIGHTHOUSE])
     assert rms_dbfs(np.frombuffer(got, dtype="<i2")) > -35
     assert len(whole) > EARLY_FRONTEND_MAX_IDS

@@ -16,6 +16,10 @@ from wyoming.event import Event
 
 SAMPLE_WIDTH = 2
 CHANNELS = 1
+#: Packets Home Assistant's ffmpeg step reads from a streamed WAV before it writes
+#: anything (ffmpeg's `max_ts_probe`), and the least it reads (`ffmpeg_gathers`).
+_FFMPEG_PROBE_PACKETS = 50
+_FFMPEG_PROBE_FLOOR_BYTES = 65536
 _INT16_MAX = 32767.0
 #: Above this level the limiter bends the curve so the output never reaches full scale.
 LIMITER_KNEE = 0.9
@@ -61,6 +65,19 @@ def fade_in(pcm: bytes, sample_rate: int) -> bytes:
         return pcm
     head = np.round(samples[:n] * np.linspace(0.0, 1.0, n, dtype=np.float32)).astype("<i2")
     return head.tobytes() + pcm[n * SAMPLE_WIDTH :]
+
+
+def ffmpeg_gathers(rate: int) -> int:
+    """Samples of a streamed reply HA's ffmpeg step reads before a satellite hears any.
+
+    Its WAV demuxer reads packets of the power of two at or below rate/10 samples and
+    probes 50 of them, at least 64 KiB: 4.644 s at 22050 Hz, 3.2 s at 16000 Hz, measured
+    with Home Assistant's argv for WAV, FLAC and MP3 (docs/decisions.md). A shorter
+    reply is heard at its end.
+    """
+    packet = 1 << max(0, (rate // 10).bit_length() - 1)
+    floor = _FFMPEG_PROBE_FLOOR_BYTES // (SAMPLE_WIDTH * CHANNELS)
+    return max(_FFMPEG_PROBE_PACKETS * packet, floor)
 
 
 def silence(seconds: float, sample_rate: int) -> bytes:

@@ -22,7 +22,7 @@ from .voices.pool import PoolStats, VoicePool
 PREFIX = "wyoming_tts"
 #: Seconds; ours is ~30 ms on a quiet machine, a voice load ~0.5 s.
 FIRST_AUDIO_BUCKETS = (0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1.0, 2.5, 5.0)
-#: Seconds to 4.6 s of audio: a few hundred ms when synthesis is 10-20x real time.
+#: Seconds to what HA's ffmpeg gathers (~4.6 s of audio): a few hundred ms at 10-20x real time.
 HEARD_BUCKETS = (0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.5, 5.0, 10.0)
 #: Synthesis seconds per audio second; above 1 a listener waits between chunks.
 RTF_BUCKETS = (0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.2, 0.5, 1.0, 2.0)
@@ -46,8 +46,9 @@ class Metrics:
         self._heard = _histogram(
             self.registry,
             "heard_seconds",
-            "Time to 4.6 s of audio, or to the end of a shorter reply: what a satellite "
-            "behind Home Assistant's ffmpeg step hears first.",
+            "Time to the audio Home Assistant's ffmpeg step reads before it plays any "
+            "(4.644 s at 22050 Hz, 3.2 s at 16 kHz), or to the end of a shorter reply: "
+            "when a satellite behind it hears the reply.",
             HEARD_BUCKETS,
         )
         self._rtf = _histogram(

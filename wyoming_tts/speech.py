@@ -24,7 +24,7 @@ from collections.abc import (
 )
 from dataclasses import dataclass
 
-from .audio import CHANNELS, SAMPLE_WIDTH
+from .audio import CHANNELS, SAMPLE_WIDTH, ffmpeg_gathers
 from .config import Settings
 from .errors import Busy, EmptyText, InternalError, NoSpeech, TextTooLong, TtsError, VoiceNotFound
 from .presets import Preset, PresetError
@@ -44,10 +44,6 @@ _SENTENCES_PER_YIELD = 8
 #: Streamed chunks up to this long are cleaned on the loop (~0.1 ms a sentence); longer
 #: ones on an inference thread.
 _CLEAN_ON_LOOP_CHARS = 2000
-
-#: Home Assistant's ffmpeg step emits nothing until it has this much audio or the reply
-#: ends, so what a satellite hears first is the time to this much audio ("heard").
-HEARD_AUDIO_SECONDS = 4.6
 
 #: Text as a front door has it: whole, or streamed in pieces split anywhere.
 TextSource = str | AsyncIterable[str]
@@ -94,7 +90,8 @@ class Finished:
     outcome: str
     stats: SpeechStats
     heard_seconds: float | None
-    """From the start of synthesis to `HEARD_AUDIO_SECONDS` of audio, or to its end."""
+    """From the start of synthesis to what HA's ffmpeg gathers (`audio.ffmpeg_gathers`),
+    or to its end: when a satellite hears the reply."""
 
 
 #: Called once per request as it ends; it must not block or raise.
@@ -149,7 +146,7 @@ class Speech:
 
     def _heard_bytes(self) -> int:
         fmt = self.format
-        return int(HEARD_AUDIO_SECONDS * fmt.rate) * fmt.width * fmt.channels
+        return ffmpeg_gathers(fmt.rate) * fmt.width * fmt.channels
 
 
 class SpeechService:

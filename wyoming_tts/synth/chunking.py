@@ -10,7 +10,6 @@ the total compute stays close to one unchunked decode. `plan_chunk` is pure;
 from __future__ import annotations
 
 import itertools
-import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -30,11 +29,9 @@ SAFETY = 0.6
 LOW_WATER = 0.5
 #: Seconds of audio ahead of playback from which the next utterance's frontend may take a
 #: worker while this utterance still has more than one chunk to go. Home Assistant's
-#: ffmpeg step plays nothing until it has ~4.6 s: a reply's own chunks come first till then.
+#: ffmpeg step plays nothing until it has ~4.6 s (`audio.ffmpeg_gathers`): a reply's own
+#: chunks come first till then.
 PREFETCH_AHEAD = 5.0
-#: Seconds of audio Home Assistant's ffmpeg step gathers before a satellite hears anything
-#: of a longer reply: the chunk that would cross it ends at it (`heard_cut`).
-HEARD_SECONDS = 4.6
 #: Fewest frames in one part of a chunk shared between idle workers: each part decodes
 #: its own margins, so smaller parts cost more than running them together saves.
 MIN_PART_FRAMES = 32
@@ -86,16 +83,17 @@ def plan_chunk(
     return min(end, total)
 
 
-def heard_cut(start: int, end: int, produced: float, frame_seconds: float) -> int:
-    """``end``, or the frame where the audio reaches HEARD_SECONDS if the chunk crosses it.
+def heard_cut(start: int, end: int, produced: int, heard: int, hop: int) -> int:
+    """``end``, or the first frame whose audio reaches ``heard`` samples if the chunk crosses it.
 
-    A satellite hears a long reply once ffmpeg has HEARD_SECONDS of it, so what lies past
-    that point in the same chunk only delays it; the rest comes in the next chunk. Not for
-    a crumb: a rest under FIRST_CHUNK_FRAMES stays in this chunk (`plan_chunk`).
+    A satellite hears a long reply once HA's ffmpeg has ``heard`` samples of it
+    (`audio.ffmpeg_gathers`), so what lies past that point in the same chunk only delays
+    it; the rest comes in the next chunk. ``produced``: samples sent before ``start``, of
+    ``hop`` each a frame. Not for a crumb: a rest under FIRST_CHUNK_FRAMES stays here.
     """
-    if produced >= HEARD_SECONDS:
+    if produced >= heard:
         return end
-    reach = start + max(1, math.ceil((HEARD_SECONDS - produced) / frame_seconds))
+    reach = start + max(1, -(-(heard - produced) // hop))
     return reach if reach <= end - FIRST_CHUNK_FRAMES else end
 
 

@@ -24,7 +24,7 @@ from collections.abc import AsyncGenerator, AsyncIterable, Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
-from ..audio import SAMPLE_WIDTH, fade_in, fade_out, silence, to_pcm16
+from ..audio import SAMPLE_WIDTH, fade_in, fade_out, ffmpeg_gathers, silence, to_pcm16
 from ..model.noise import utterance_seed
 from ..model.vits import FloatArray, FlowPiece, Latent, VitsModel
 from ..runtime.scheduler import Scheduler
@@ -212,7 +212,7 @@ class Synthesizer:
         """
         model, run = voice.model, self._scheduler.run
         start, total, margin = 0, latent.num_frames, model.margin
-        frame_seconds = voice.hop_length / voice.sample_rate
+        heard = ffmpeg_gathers(voice.sample_rate)  # samples
         flowing: list[asyncio.Future[FlowPiece | None]] = []
         try:
             while start < total:
@@ -239,7 +239,8 @@ class Synthesizer:
                         parts=parts,
                     )
                     if pacing.started:
-                        end = heard_cut(start, end, pacing.produced, frame_seconds)
+                        sent = round(pacing.produced * voice.sample_rate)
+                        end = heard_cut(start, end, sent, heard, voice.hop_length)
                     if pacing.started and model.needs_flow(latent, start, end):
                         end = _flowed_end(model, latent, start, end, parts)
                         if model.needs_flow(latent, start, end):
