@@ -143,7 +143,8 @@ async def test_first_sentence_arrives_before_stream_ends(server: Server) -> None
 
 async def test_audio_is_sent_as_it_is_made_not_held_for_a_full_chunk(cache_dir: Path) -> None:
     """Each piece goes out whole as it is made: a remainder held for the next piece would
-    come late to HA's ffmpeg, which waits for ~4.6 s of audio or the end."""
+    come late to HA's ffmpeg, which plays nothing until it has read `ffmpeg_gathers`
+    (4.644 s at 22050 Hz) or the reply ends."""
     text = "Three sentences make several pieces. Each is sent when made. None waits."
     args = ("--cache-dir", str(cache_dir), "--samples-per-chunk", "10000000")
     async with run_server(*args) as srv, connect(srv.uri) as client:
