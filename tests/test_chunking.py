@@ -17,6 +17,7 @@ from wyoming_tts.synth.chunking import (
     Pacing,
     flow_piece_end,
     heard_cut,
+    heard_frame,
     next_frame_cost,
     plan_chunk,
     plan_parts,
@@ -140,6 +141,23 @@ def test_the_flow_beside_a_chunk_covers_what_the_next_can_take() -> None:
         16 + FIRST_FLOW_FRAMES + 100
     )
     assert flow_piece_end(0, 50, margin=MARGIN) == 50
+
+
+def test_before_the_reply_is_heard_the_flow_stops_where_it_is() -> None:
+    """Flow past the frame HA's ffmpeg waits for would only delay it (`heard_frame`)."""
+    # A later utterance whose 128th frame is heard: its lookahead flow stops there...
+    heard_at = heard_frame(0, HEARD - 128 * HOP, HEARD, HOP)
+    assert heard_at == 128
+    assert flow_piece_end(0, 391, margin=MARGIN, heard_at=heard_at) == 128
+    # ...and beside a chunk that ends short of it, the flow covers the way to it only.
+    assert flow_piece_end(16, 2000, margin=MARGIN, heard_at=100) == 100
+    # Past it, or with only a short rest after it, the flow is as before.
+    assert flow_piece_end(300, 2000, margin=MARGIN, heard_at=200) == (
+        300 + MAX_CHUNK_FRAMES + 2 * MARGIN
+    )
+    assert flow_piece_end(0, 216, margin=MARGIN, heard_at=159) == 216
+    assert flow_piece_end(16, 2000, margin=MARGIN, first=True, heard_at=400) == 144
+    assert heard_frame(0, HEARD, HEARD, HOP) is None
 
 
 def test_the_rest_fits_one_chunk_as_plan_chunk_would_take_it() -> None:

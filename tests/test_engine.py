@@ -16,6 +16,7 @@ from piper.config import SynthesisConfig
 from piper.voice import PiperVoice
 
 from wyoming_tts.audio import fade_in, fade_out, ffmpeg_gathers, to_pcm16
+from wyoming_tts.model.vits import Latent, VitsModel
 from wyoming_tts.runtime.scheduler import Scheduler
 from wyoming_tts.synth import chunking
 from wyoming_tts.synth.engine import EARLY_FRONTEND_MAX_IDS, Envelope, SpeechStats, Synthesizer
@@ -373,6 +374,31 @@ async def test_a_long_reply_has_a_chunk_end_where_ffmpeg_starts(voice: LoadedVoi
     assert ends[-1] > 8.0 * voice.sample_rate
     heard = ffmpeg_gathers(voice.sample_rate)
     assert any(heard <= end < heard + voice.hop_length for end in ends), ends
+
+
+async def test_before_a_reply_is_heard_no_flow_is_run_past_it(voice: LoadedVoice) -> None:
+    """Until HA's ffmpeg has its 4.644 s, every worker's time is on the way to them: the
+    lookahead's flow over the utterance they end in stops at the frame that reaches them,
+    and the rest of that utterance is still flowed and spoken after."""
+    calls: list[tuple[int, int, int | None]] = []
+    real = VitsModel.with_flow
+
+    def spy(model: VitsModel, latent: Latent, start: int, end: int | None = None) -> Latent:
+        calls.append((latent.num_frames, start, end))
+        return real(model, latent, start, end)
+
+    with mock.patch.object(VitsModel, "with_flow", spy):
+        samples, utterances = await _chunk_samples(voice, [LIGHTHOUSE])
+    params = voice.params(None, 0.0, None, 0.0)
+    lead, rest = voice.phoneme_ids(LIGHTHOUSE, 600, EARLY_FRONTEND_MAX_IDS)
+    hop = voice.hop_length
+    lead_frames = voice.frontend(lead, params).num_frames
+    rest_frames = voice.frontend(rest, params).num_frames
+    heard_at = -(-(ffmpeg_gathers(voice.sample_rate) - lead_frames * hop) // hop)
+    assert utterances == 2
+    assert 0 < heard_at < rest_frames - 150  # the rest is long enough to be worth a cut
+    assert (rest_frames, 0, heard_at) in calls, calls
+    assert sum(samples) == (lead_frames + rest_frames) * hop
 
 
 async def test_a_reply_s_first_sentence_ends_its_first_utterance_at_a_clause(

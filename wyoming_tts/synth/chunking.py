@@ -83,6 +83,16 @@ def plan_chunk(
     return min(end, total)
 
 
+def heard_frame(start: int, produced: int, heard: int, hop: int) -> int | None:
+    """The first frame whose audio reaches ``heard`` samples of the reply; None once reached.
+
+    ``produced``: samples of the reply before frame ``start``, of ``hop`` each a frame.
+    """
+    if produced >= heard:
+        return None
+    return start + max(1, -(-(heard - produced) // hop))
+
+
 def heard_cut(start: int, end: int, produced: int, heard: int, hop: int) -> int:
     """``end``, or the first frame whose audio reaches ``heard`` samples if the chunk crosses it.
 
@@ -91,10 +101,8 @@ def heard_cut(start: int, end: int, produced: int, heard: int, hop: int) -> int:
     it; the rest comes in the next chunk. ``produced``: samples sent before ``start``, of
     ``hop`` each a frame. Not for a crumb: a rest under FIRST_CHUNK_FRAMES stays here.
     """
-    if produced >= heard:
-        return end
-    reach = start + max(1, -(-(heard - produced) // hop))
-    return reach if reach <= end - FIRST_CHUNK_FRAMES else end
+    reach = heard_frame(start, produced, heard, hop)
+    return reach if reach is not None and reach <= end - FIRST_CHUNK_FRAMES else end
 
 
 def plan_parts(
@@ -110,15 +118,21 @@ def plan_parts(
     return list(itertools.pairwise(bounds))
 
 
-def flow_piece_end(end: int, total: int, *, margin: int, first: bool = False) -> int:
+def flow_piece_end(
+    end: int, total: int, *, margin: int, first: bool = False, heard_at: int | None = None
+) -> int:
     """Where the flow run beside the chunk that ends at ``end`` stops.
 
     Beside a later chunk it covers as far as the next can reach (`plan_chunk`), so that
     one costs only the vocoder and no worker waits for a flow over the whole utterance;
     beside the ``first`` window it covers what the flow does in about that window's time.
+    Before the reply is heard it stops at ``heard_at`` (`heard_frame`): until then every
+    worker's time is on the way to what HA's ffmpeg waits for, and flow past it is not.
     A short rest is flowed now: it would cost another run with its own reach of context.
     """
     piece = end + (FIRST_FLOW_FRAMES if first else MAX_CHUNK_FRAMES + 2 * margin)
+    if heard_at is not None and heard_at > end:
+        piece = min(piece, heard_at)
     return total if total - piece < MAX_CHUNK_FRAMES // 2 else piece
 
 

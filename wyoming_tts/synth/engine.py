@@ -37,6 +37,7 @@ from .chunking import (
     fixed_chunk,
     flow_piece_end,
     heard_cut,
+    heard_frame,
     plan_chunk,
     plan_parts,
     rest_fits_one_chunk,
@@ -217,6 +218,7 @@ class Synthesizer:
         try:
             while start < total:
                 urgent = pacing.starving()
+                sent = round(pacing.produced * voice.sample_rate)  # samples before ``start``
                 parts = self._scheduler.workers_per_request
                 if fixed_plan or not model.windowed:
                     parts = 1  # a file's samples stay the same; a whole voice only slices
@@ -239,7 +241,6 @@ class Synthesizer:
                         parts=parts,
                     )
                     if pacing.started:
-                        sent = round(pacing.produced * voice.sample_rate)
                         end = heard_cut(start, end, sent, heard, voice.hop_length)
                     if pacing.started and model.needs_flow(latent, start, end):
                         end = _flowed_end(model, latent, start, end, parts)
@@ -257,7 +258,11 @@ class Synthesizer:
                     # on the workers this chunk leaves free or is about to.
                     first = not pacing.started
                     lo = latent.flow_start(max(0, end - margin))
-                    hi = min(total, flow_piece_end(end, total, margin=margin, first=first) + margin)
+                    heard_at = heard_frame(start, sent, heard, voice.hop_length)
+                    piece = flow_piece_end(
+                        end, total, margin=margin, first=first, heard_at=heard_at
+                    )
+                    hi = min(total, piece + margin)
                     shares = max(1, parts - 1) if first else parts
                     flowing = [
                         asyncio.ensure_future(run(model.flow, latent, a, b, urgent=urgent))
@@ -297,6 +302,7 @@ class Synthesizer:
         texts = _ReadAhead(sentences)
         queued: collections.deque[_Queued] = collections.deque()
         n = position = 0
+        heard, before = ffmpeg_gathers(voice.sample_rate), 0  # samples of the reply so far
 
         async def take(sentence: str) -> None:
             """Queue one sentence's utterances: its cached audio, or its phoneme ids."""
@@ -343,6 +349,7 @@ class Synthesizer:
                     continue
                 item = queued.popleft()
                 if item.ids is None:
+                    before += len(item.utterance.cached or b"") // SAMPLE_WIDTH
                     yield item.utterance
                     continue
                 this = frontend(item)
@@ -359,8 +366,12 @@ class Synthesizer:
                     # Audio already flows, so this utterance needs no first window: its
                     # first piece of flow runs now, in the lookahead, beside the decode of
                     # the one before (in one run: parts would each read its reach again).
-                    piece = flow_piece_end(0, latent.num_frames, margin=model.margin)
+                    heard_at = heard_frame(0, before, heard, voice.hop_length)
+                    piece = flow_piece_end(
+                        0, latent.num_frames, margin=model.margin, heard_at=heard_at
+                    )
                     latent = await run(model.with_flow, latent, 0, piece)
+                before += latent.num_frames * voice.hop_length
                 if latent.num_frames > 0:
                     stats.utterances += 1
                     yield replace(item.utterance, latent=latent)
