@@ -4,8 +4,9 @@
 For choosing an internal (a constant, a setting's default): each `--variant
 NAME=FLAGS` is one of our servers started with those flags, all beside one
 wyoming-piper on the same voice files. Requests rotate over the servers, each
-server going first in turn, with `--settle` of quiet after each; the figures are
-medians, and ratios against wyoming-piper from the same run.
+server going first in turn and after each of the others in turn (`order`), with
+`--settle` of quiet after each; the figures are medians, and ratios against
+wyoming-piper from the same run.
 
     .venv/bin/python bench/variants.py --piper-python .cache/bench-venv/bin/python \\
         --variant base= --variant one-worker='--workers 1' --clients 4 --clients 8
@@ -85,9 +86,18 @@ def servers(args: argparse.Namespace, root: Path) -> list[Server]:
     return out
 
 
-def rotate(items: Sequence[Server], k: int) -> list[Server]:
-    k %= len(items)
-    return [*items[k:], *items[:k]]
+def order(items: Sequence[Server], k: int) -> list[Server]:
+    """The servers' order for the ``k``-th request of each: rotated, and reversed every
+    other time, so each goes first and follows each of the others equally often.
+
+    A plain rotation of three always puts the same server straight after another (the
+    last variant listed after the first), so whatever one server leaves behind on the
+    machine (warm caches, a spinning pool, a shrinking arena) always falls on the same
+    follower.
+    """
+    shift = (k // 2) % len(items)
+    rotated = [*items[shift:], *items[:shift]]
+    return rotated if k % 2 == 0 else rotated[::-1]
 
 
 def stats(results: Sequence[Result]) -> dict[str, Any]:
@@ -107,7 +117,7 @@ async def phase_texts(args: argparse.Namespace, pool: Sequence[Server]) -> dict[
     for rep in range(args.reps):
         for name, text in TEXTS.items():
             for mode in args.modes:
-                for server in rotate(pool, k):
+                for server in order(pool, k):
                     result = await speak(server.port, text, streaming=mode == "streaming")
                     raw.setdefault(f"{name}/{mode}", {}).setdefault(server.label, []).append(result)
                     await asyncio.sleep(args.settle)
@@ -126,7 +136,7 @@ async def phase_clients(
         return [await speak(port, text) for _ in range(args.per_client)]
 
     for rnd in range(args.rounds):
-        for server in rotate(pool, rnd):
+        for server in order(pool, rnd):
             batches = await asyncio.gather(*(client(server.port) for _ in range(clients)))
             raw[server.label] += [r for batch in batches for r in batch]
             await asyncio.sleep(args.settle)
