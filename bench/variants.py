@@ -4,7 +4,7 @@
 For choosing an internal (a constant, a setting's default): each `--variant
 NAME=FLAGS` is one of our servers started with those flags, all beside one
 wyoming-piper on the same voice files. Requests rotate over the servers, each
-server going first in turn and after each of the others in turn (`order`), with
+server going first in turn and, as far as `order` can, after each of the others, with
 `--settle` of quiet after each; the figures are medians, and ratios against
 wyoming-piper from the same run.
 
@@ -88,12 +88,13 @@ def servers(args: argparse.Namespace, root: Path) -> list[Server]:
 
 def order(items: Sequence[Server], k: int) -> list[Server]:
     """The servers' order for the ``k``-th request of each: rotated, and reversed every
-    other time, so each goes first and follows each of the others equally often.
+    other time, so each goes first equally often and, with up to three servers
+    (wyoming-piper and an A/B), follows each of the others equally often.
 
-    A plain rotation of three always puts the same server straight after another (the
-    last variant listed after the first), so whatever one server leaves behind on the
-    machine (warm caches, a spinning pool, a shrinking arena) always falls on the same
-    follower.
+    A plain rotation of three always puts each variant straight after the same server
+    (wyoming-piper, then the first variant listed), so whatever one server leaves behind
+    on the machine (warm caches, a spinning pool, a shrinking arena) always falls on the
+    same follower.
     """
     shift = (k // 2) % len(items)
     rotated = [*items[shift:], *items[:shift]]
